@@ -1,0 +1,23 @@
+.PHONY: test demo lint crd build clean-testbed
+
+# Installs what is missing, starts etcd, kube-apiserver and moto, runs every test.
+test:
+	hack/test.sh
+
+# A local end-to-end run on the test bed, printed as a transcript.
+demo:
+	hack/demo.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# Regenerates the checked-in CRD (a test fails when it drifts).
+crd:
+	cargo run --quiet -- crd > crds/rotatedsecret.yaml
+
+build:
+	cargo build --release
+
+clean-testbed:
+	hack/testbed.sh down

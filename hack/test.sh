@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, starts the test bed, runs unit and
+# integration tests, and stops the test bed whatever the outcome.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+export TESTBED_DIR=${TESTBED_DIR:-$ROOT/.testbed}
+trap 'hack/testbed.sh down' EXIT
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest >&2
+fi
+
+# Build first so that compile time does not count against the test bed.
+cargo nextest run --no-run --all-targets
+hack/testbed.sh up
+# shellcheck disable=SC1091
+. "$TESTBED_DIR/env"
+cargo nextest run --all-targets --no-fail-fast "$@"

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Starts (up) or stops (down) the test bed: etcd, kube-apiserver with RBAC,
+# kube-controller-manager and moto, on free loopback ports. `up` writes
+# $TESTBED_DIR/env with the variables the integration tests read.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TESTBED_DIR=${TESTBED_DIR:-$ROOT/.testbed}
+
+log() { echo "testbed: $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq $((secs * 5))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  log "$what did not become ready in ${secs}s; its log:"
+  tail -n 30 "$TESTBED_DIR/$what.log" >&2 || true
+  return 1
+}
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$TESTBED_DIR/$name.log" 2>&1 &
+  echo "$!" >>"$TESTBED_DIR/pids"
+}
+
+down() {
+  if [ -f "$TESTBED_DIR/pids" ]; then
+    # Reverse order: controllers before the API server before etcd.
+    tac "$TESTBED_DIR/pids" | while read -r pid; do kill "$pid" 2>/dev/null || true; done
+    sleep 1
+    tac "$TESTBED_DIR/pids" | while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done
+    rm -f "$TESTBED_DIR/pids"
+  fi
+  rm -rf "$TESTBED_DIR/etcd" "$TESTBED_DIR/certs"
+  log "stopped"
+}
+
+up() {
+  [ -f "$TESTBED_DIR/pids" ] && down
+  mkdir -p "$TESTBED_DIR"
+  local assets
+  assets=$("$ROOT/hack/install-testbed.sh" | tail -n 1)
+  log "assets: $assets"
+
+  local etcd_port peer_port api_port kcm_port moto_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+  kcm_port=$(free_port); moto_port=$(free_port)
+
+  start etcd "$assets/etcd" --data-dir "$TESTBED_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "default=http://127.0.0.1:$peer_port" --unsafe-no-fsync
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  openssl genrsa -out "$TESTBED_DIR/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$TESTBED_DIR/sa.key" -pubout -out "$TESTBED_DIR/sa.pub" 2>/dev/null
+  local admin_token rotor_token
+  admin_token=$(openssl rand -hex 16); rotor_token=$(openssl rand -hex 16)
+  cat >"$TESTBED_DIR/tokens.csv" <<TOKENS
+$admin_token,admin,admin-uid,"system:masters"
+$rotor_token,rotor,rotor-uid
+TOKENS
+
+  start kube-apiserver "$assets/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --secure-port="$api_port" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --insecure-port=0 \
+    --cert-dir="$TESTBED_DIR/certs" --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$TESTBED_DIR/sa.pub" --service-account-signing-key-file="$TESTBED_DIR/sa.key" \
+    --token-auth-file="$TESTBED_DIR/tokens.csv" --authorization-mode=RBAC \
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true
+  wait_for kube-apiserver 60 curl -skf -H "Authorization: Bearer $admin_token" "https://127.0.0.1:$api_port/readyz"
+
+  write_kubeconfig admin "$admin_token" "$api_port"
+  write_kubeconfig rotor "$rotor_token" "$api_port"
+
+  start kube-controller-manager "$assets/kube-controller-manager" --kubeconfig="$TESTBED_DIR/admin.kubeconfig" \
+    --leader-elect=false --port=0 --secure-port="$kcm_port" --bind-address=127.0.0.1 \
+    --service-account-private-key-file="$TESTBED_DIR/sa.key" --controllers='*' --use-service-account-credentials=false
+
+  start moto "$(command -v python3)" "$ROOT/hack/moto_server.py" -H 127.0.0.1 -p "$moto_port"
+  wait_for moto 30 curl -sf "http://127.0.0.1:$moto_port/moto-api/data.json"
+
+  cat >"$TESTBED_DIR/env" <<ENV
+export ROTOR_TEST_ADMIN_KUBECONFIG=$TESTBED_DIR/admin.kubeconfig
+export ROTOR_TEST_ROTOR_KUBECONFIG=$TESTBED_DIR/rotor.kubeconfig
+export ROTOR_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
+export ROTOR_TEST_DIR=$TESTBED_DIR
+ENV
+  log "up: API server https://127.0.0.1:$api_port, moto http://127.0.0.1:$moto_port (env in $TESTBED_DIR/env)"
+}
+
+write_kubeconfig() { # user, token, port
+  cat >"$TESTBED_DIR/$1.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: https://127.0.0.1:$3
+    insecure-skip-tls-verify: true
+users:
+- name: $1
+  user:
+    token: $2
+contexts:
+- name: $1
+  context: {cluster: testbed, user: $1}
+current-context: $1
+KC
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

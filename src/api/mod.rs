@@ -1,0 +1,400 @@
+//! The `RotatedSecret` custom resource (`rotor.dev/v1alpha1`).
+//!
+//! Doc comments on fields become the CRD's descriptions. Everything the
+//! OpenAPI schema can check lives in the schema, because the oldest supported
+//! API servers have no CEL; the rest is validated in [`validate`].
+
+pub mod conditions;
+pub mod crd;
+pub mod duration;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use conditions::Condition;
+
+/// Annotation on a RotatedSecret asking for one immediate rotation per distinct value.
+pub const ROTATE_NOW_ANNOTATION: &str = "rotor.dev/rotate-now";
+/// Annotation on the mirrored Secret: the AWS VersionId whose value it holds.
+pub const VERSION_ID_ANNOTATION: &str = "rotor.dev/version-id";
+/// Tag on every AWS resource rotor creates or adopts: `<cluster>/<namespace>/<name>`.
+pub const OWNER_TAG: &str = "rotor.dev/owner";
+/// Label on every Secret rotor writes, so rotor watches only its own Secrets.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "rotor";
+
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Declares an AWS Secrets Manager secret (with its KMS key and rotation) and the
+/// Kubernetes Secret that mirrors its AWSCURRENT version.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "rotor.dev",
+    version = "v1alpha1",
+    kind = "RotatedSecret",
+    doc = "A secret in AWS Secrets Manager (with its KMS key and rotation) mirrored into a Kubernetes Secret.",
+    plural = "rotatedsecrets",
+    singular = "rotatedsecret",
+    shortname = "rotsec",
+    category = "rotor",
+    namespaced,
+    status = "RotatedSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"AWS secret","type":"string","jsonPath":".spec.secretsManager.name"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.currentVersionId"}"#,
+    printcolumn = r#"{"name":"Last rotated","type":"date","jsonPath":".status.lastRotatedDate"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecretSpec {
+    /// The secret in AWS Secrets Manager.
+    pub secrets_manager: SecretsManagerSpec,
+
+    /// Lambda rotation. Absent: rotor does not configure rotation, and cancels
+    /// rotation that it enabled earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+
+    /// The Kubernetes Secret that mirrors AWSCURRENT.
+    #[serde(default)]
+    pub target: TargetSpec,
+
+    /// Longest time a changed AWSCURRENT may go unnoticed when no event arrives,
+    /// as a Go-style duration (`30s`, `1m`, `1h30m`). Default `1m`.
+    #[serde(default = "default_refresh_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub refresh_interval: String,
+
+    /// Which workloads are restarted after the Secret changes.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+fn default_refresh_interval() -> String {
+    "1m".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsManagerSpec {
+    /// Name (SecretId) of the secret in Secrets Manager. Immutable.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[A-Za-z0-9/_+=.@-]+$"))]
+    pub name: String,
+
+    /// AWS region of the secret. Default: the operator's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: Option<String>,
+
+    /// Description of the secret, converged on every reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub description: Option<String>,
+
+    /// Customer-managed KMS key that encrypts the secret. Absent: the AWS-managed key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<KmsKeySpec>,
+
+    /// Tags converged on the secret: only these keys (plus the ownership tag) are
+    /// managed; foreign tags are left alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+
+    /// Value written when rotor creates the secret. Never overwrites an existing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_value: Option<InitialValue>,
+
+    /// Resource-based policy (a JSON policy document written as YAML). Put with
+    /// public policies blocked; removing the field removes the policy only if
+    /// rotor put it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crd::preserve_unknown_object")]
+    pub resource_policy: Option<serde_json::Value>,
+
+    /// Regions the secret is replicated to, converged both ways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_regions: Vec<ReplicaRegion>,
+
+    /// Take over an existing AWS secret that has no `rotor.dev/owner` tag. Also
+    /// needs the operator to allow adoption in this namespace.
+    #[serde(default)]
+    pub adopt: bool,
+
+    /// What happens to the AWS secret when this object is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// With `deletionPolicy: Delete`: 0 deletes at once, otherwise 7 to 30 days
+    /// of recovery window. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crd::recovery_window_schema")]
+    pub recovery_window_in_days: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKeySpec {
+    /// Key id, key ARN, alias name or alias ARN of an existing enabled symmetric key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub id: Option<String>,
+
+    /// Alias (`alias/...`) of the key; with `create: true` the key and alias are
+    /// created when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^alias/[a-zA-Z0-9/_-]+$"), length(max = 256))]
+    pub alias: Option<String>,
+
+    /// Create a SYMMETRIC_DEFAULT customer-managed key with `alias` if missing.
+    /// A key costs money every month: share one per namespace or team.
+    #[serde(default)]
+    pub create: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitialValue {
+    /// JSON object written as the secret string; `generate` entries add keys to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crd::preserve_unknown_object")]
+    pub template: Option<serde_json::Value>,
+
+    /// A plain (non-JSON) secret string, instead of `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+
+    /// Random passwords to generate into the template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generate: Vec<GeneratedValue>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GeneratedValue {
+    /// Top-level key that receives the generated password.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+
+    /// Length of the password. Default 32.
+    #[serde(default = "default_password_length")]
+    #[schemars(range(min = 4, max = 4096))]
+    pub length: u32,
+
+    /// Characters never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub exclude_characters: Option<String>,
+
+    /// Use no punctuation at all.
+    #[serde(default)]
+    pub exclude_punctuation: bool,
+
+    /// Include at least one character of every included type. Default true.
+    #[serde(default = "default_true")]
+    pub require_each_included_type: bool,
+}
+
+fn default_password_length() -> u32 {
+    32
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaRegion {
+    /// Region to replicate the secret to.
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+
+    /// KMS key in that region. Default: the AWS-managed key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Leave the AWS secret and key; only the ownership tag is removed.
+    #[default]
+    Retain,
+    /// Delete the AWS secret with `recoveryWindowInDays`.
+    Delete,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// ARN of the rotation Lambda function.
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[A-Za-z0-9_-]+(:[A-Za-z0-9_$-]+)?$"
+    ))]
+    pub lambda_arn: String,
+
+    /// `rate(N days|hours)` or `cron(...)`, as Secrets Manager takes it.
+    #[schemars(regex(
+        pattern = r"^(rate\(\s*[0-9]+\s+(hour|hours|day|days)\s*\)|cron\([^()]+\))$"
+    ))]
+    pub schedule: String,
+
+    /// Rotation window (RotationRules.Duration), in hours: `1h` to `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([1-9]|1[0-9]|2[0-4])h$"))]
+    pub window: Option<String>,
+
+    /// Rotate once at once when rotation is first enabled. Config changes never rotate.
+    #[serde(default)]
+    pub rotate_immediately: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// Name of the Kubernetes Secret. Default: the RotatedSecret's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+
+    /// Secret type. Default `Opaque`.
+    #[serde(default = "default_secret_type", rename = "type")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: String,
+
+    /// Extra labels on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Data key to minijinja template over the secret's top-level JSON keys
+    /// (a plain string is `value`). Default: one data key per top-level key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template: BTreeMap<String, String>,
+}
+
+impl Default for TargetSpec {
+    fn default() -> Self {
+        Self {
+            name: None,
+            type_: default_secret_type(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            template: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_secret_type() -> String {
+    "Opaque".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `Auto`: every Deployment, StatefulSet and DaemonSet in the namespace that
+    /// references the Secret; `Explicit`: only `targets`; `Disabled`: none.
+    #[serde(default)]
+    pub mode: RolloutMode,
+
+    /// Workloads restarted with `mode: Explicit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<RolloutTarget>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutMode {
+    #[default]
+    Auto,
+    Explicit,
+    Disabled,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub struct RolloutTarget {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// Observed state. Never holds secret material.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecretStatus {
+    /// Generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// ARN of the AWS secret; pins the identity rotor manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// ARN of the KMS key encrypting the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
+    /// VersionId of AWSCURRENT in AWS, as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version_id: Option<String>,
+    /// VersionId whose value the Kubernetes Secret holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_version_id: Option<String>,
+    /// When the Kubernetes Secret was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// When AWS was last checked successfully for a new AWSCURRENT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<String>,
+    /// Whether rotation is enabled in Secrets Manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_date: Option<String>,
+    /// Last handled `rotor.dev/rotate-now` token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_now_token: Option<String>,
+    /// Workloads restarted for a version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_out: Vec<RolledOut>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledOut {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub version_id: String,
+    pub time: String,
+}
+
+impl RotatedSecret {
+    /// Name of the Kubernetes Secret this object writes.
+    pub fn target_name(&self) -> &str {
+        self.spec
+            .target
+            .name
+            .as_deref()
+            .unwrap_or_else(|| self.metadata.name.as_deref().unwrap_or_default())
+    }
+}

@@ -1,0 +1,110 @@
+//! `rotor run` settings. Every flag can also be set from an environment
+//! variable, which is how the Helm chart passes them.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Cluster name written into the `rotor.dev/owner` tag
+    /// (`<cluster>/<namespace>/<name>`). Must be unique among the clusters that
+    /// share an AWS account, and must never change for a running installation.
+    #[arg(long, env = "ROTOR_CLUSTER_NAME", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
+
+    /// Namespaces to watch (comma-separated or repeated). Empty: all namespaces.
+    #[arg(long = "namespace", env = "ROTOR_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Namespaces in which `spec.secretsManager.adopt: true` may take over an
+    /// existing, untagged AWS secret (comma-separated; `*` for all). Empty: adoption is off.
+    #[arg(long, env = "ROTOR_ADOPTION_NAMESPACES", value_delimiter = ',')]
+    pub adoption_namespaces: Vec<String>,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "ROTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Most RotatedSecrets reconciled at the same time.
+    #[arg(long, env = "ROTOR_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Floor for `spec.refreshInterval`, protecting the AWS API budget from
+    /// very short intervals (Go-style duration).
+    #[arg(long, env = "ROTOR_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub min_refresh_interval: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::api::duration::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 10s or 1m"))
+}
+
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("cluster name must be 1-63 characters of letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+/// Which namespaces may adopt untagged AWS secrets.
+#[derive(Debug, Clone, Default)]
+pub struct AdoptionPolicy {
+    all: bool,
+    namespaces: BTreeSet<String>,
+}
+
+impl AdoptionPolicy {
+    pub fn new(list: &[String]) -> Self {
+        Self {
+            all: list.iter().any(|n| n == "*"),
+            namespaces: list
+                .iter()
+                .filter(|n| !n.is_empty() && *n != "*")
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.all || self.namespaces.contains(namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adoption_policy() {
+        let p = AdoptionPolicy::new(&["a".into(), "b".into()]);
+        assert!(p.allows("a") && !p.allows("c"));
+        assert!(AdoptionPolicy::new(&["*".into()]).allows("anything"));
+        assert!(!AdoptionPolicy::new(&[]).allows("a"));
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(parse_cluster_name("prod-eu-1").is_ok());
+        assert!(parse_cluster_name("a/b").is_err());
+        assert!(parse_cluster_name("").is_err());
+    }
+}

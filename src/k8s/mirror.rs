@@ -1,0 +1,277 @@
+//! The mirrored Secret: rendering AWSCURRENT into Secret data (pure), and
+//! server-side applying it as a controlled child of the RotatedSecret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Value, json};
+
+use super::FIELD_MANAGER;
+use crate::api::validate::is_valid_data_key;
+use crate::api::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, RotatedSecret, TargetSpec, VERSION_ID_ANNOTATION,
+};
+use crate::aws::secrets::{Payload, SecretValue};
+use crate::redact::{Sensitive, scrub};
+use crate::{Error, Result};
+
+/// Annotation recording the RotatedSecret generation the data was rendered
+/// from, so a spec change re-renders even when the version did not move.
+pub const GENERATION_ANNOTATION: &str = "rotor.dev/generation";
+
+/// Data key that holds a secret that is not a JSON object.
+pub const PLAIN_VALUE_KEY: &str = "value";
+
+pub type SecretData = Sensitive<BTreeMap<String, ByteString>>;
+
+/// Turns a secret value into Secret data: one key per top-level JSON key, a
+/// plain value under `value`, or `target.template` rendered over those keys.
+/// Errors name the data key and the problem, never a value.
+pub fn render(target: &TargetSpec, value: &SecretValue) -> Result<SecretData> {
+    let fields = fields(value.value.expose());
+    let secrets: Vec<String> = fields
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let fail = |message: String| Error::Render {
+        message: scrub(&message, secrets.iter().map(String::as_str)),
+    };
+
+    let mut data = BTreeMap::new();
+    if target.template.is_empty() {
+        if let Payload::Binary(bytes) = value.value.expose() {
+            data.insert(PLAIN_VALUE_KEY.to_owned(), ByteString(bytes.clone()));
+            return Ok(Sensitive(data));
+        }
+        for (key, v) in &fields {
+            if !is_valid_data_key(key) {
+                return Err(fail(format!(
+                    "the secret has top-level key {key:?}, which is not a valid Secret data key; \
+                     map it with target.template"
+                )));
+            }
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            data.insert(key.clone(), ByteString(text.into_bytes()));
+        }
+        return Ok(Sensitive(data));
+    }
+
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Errors must not quote the template's surroundings with values filled in.
+    env.set_debug(false);
+    let ctx = minijinja::Value::from_serialize(&fields);
+    for (key, source) in &target.template {
+        let rendered = env.render_str(source, &ctx).map_err(|e| {
+            fail(format!(
+                "target.template[{key:?}]: {}",
+                describe_template_error(&e)
+            ))
+        })?;
+        data.insert(key.clone(), ByteString(rendered.into_bytes()));
+    }
+    Ok(Sensitive(data))
+}
+
+fn describe_template_error(e: &minijinja::Error) -> String {
+    let mut msg = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        msg.push_str(": ");
+        msg.push_str(detail);
+    }
+    if let Some(line) = e.line() {
+        msg.push_str(&format!(" (line {line})"));
+    }
+    msg
+}
+
+/// Top-level fields of a JSON object secret, or `value` for anything else.
+fn fields(payload: &Payload) -> BTreeMap<String, Value> {
+    match payload {
+        Payload::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::from([(PLAIN_VALUE_KEY.to_owned(), Value::String(s.clone()))]),
+        },
+        Payload::Binary(b) => BTreeMap::from([(
+            PLAIN_VALUE_KEY.to_owned(),
+            Value::String(String::from_utf8_lossy(b).into_owned()),
+        )]),
+    }
+}
+
+/// The existing target Secret as far as rotor needs to know it (metadata only:
+/// the data never has to be read back).
+pub async fn get(api: &Api<Secret>, name: &str) -> Result<Option<PartialObjectMeta<Secret>>> {
+    Ok(api.get_metadata_opt(name).await?)
+}
+
+/// Whether `secret` is controlled by `rs` (and so may be written).
+pub fn is_controlled_by(secret: &PartialObjectMeta<Secret>, rs: &RotatedSecret) -> bool {
+    let uid = rs.uid();
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
+/// The VersionId and generation a Secret was last written for.
+pub fn written_for(secret: &PartialObjectMeta<Secret>) -> (Option<&str>, Option<&str>) {
+    let a = secret.annotations();
+    (
+        a.get(VERSION_ID_ANNOTATION).map(String::as_str),
+        a.get(GENERATION_ANNOTATION).map(String::as_str),
+    )
+}
+
+/// Server-side applies the Secret with rotor's field manager. Only fields
+/// rotor sets are owned, so other managers' labels or annotations survive.
+pub async fn apply(
+    api: &Api<Secret>,
+    rs: &RotatedSecret,
+    version_id: &str,
+    data: &SecretData,
+) -> Result<()> {
+    let target = &rs.spec.target;
+    let mut labels = target.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    let mut annotations = target.annotations.clone();
+    annotations.insert(VERSION_ID_ANNOTATION.to_owned(), version_id.to_owned());
+    annotations.insert(
+        GENERATION_ANNOTATION.to_owned(),
+        rs.metadata.generation.unwrap_or_default().to_string(),
+    );
+    let meta = ObjectMeta {
+        name: Some(rs.target_name().to_owned()),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        owner_references: rs.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    };
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": target.type_,
+        "data": data.expose(),
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(rs.target_name(), &pp, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Kind of a Secret for the watch/label selector rotor uses.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &str) -> SecretValue {
+        SecretValue {
+            version_id: "v1".into(),
+            value: Sensitive(Payload::String(s.into())),
+        }
+    }
+
+    fn text(data: &SecretData, key: &str) -> String {
+        String::from_utf8(data.expose()[key].0.clone()).unwrap()
+    }
+
+    fn target(template: &[(&str, &str)]) -> TargetSpec {
+        TargetSpec {
+            template: template
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..TargetSpec::default()
+        }
+    }
+
+    #[test]
+    fn json_object_becomes_one_key_each() {
+        let data = render(
+            &target(&[]),
+            &value(r#"{"username":"admin","password":"pw1234","port":3306}"#),
+        )
+        .unwrap();
+        assert_eq!(text(&data, "username"), "admin");
+        assert_eq!(text(&data, "password"), "pw1234");
+        assert_eq!(text(&data, "port"), "3306");
+    }
+
+    #[test]
+    fn plain_string_lands_under_value() {
+        let data = render(&target(&[]), &value("just-a-token")).unwrap();
+        assert_eq!(data.expose().len(), 1);
+        assert_eq!(text(&data, "value"), "just-a-token");
+        let data = render(&target(&[]), &value("[1,2]")).unwrap();
+        assert_eq!(text(&data, "value"), "[1,2]");
+    }
+
+    #[test]
+    fn template_renders_over_top_level_keys() {
+        let t = target(&[(
+            "DATABASE_URL",
+            "mysql://{{ username }}:{{ password }}@{{ host }}:{{ port }}/db",
+        )]);
+        let data = render(
+            &t,
+            &value(r#"{"username":"u","password":"p","host":"h","port":3306}"#),
+        )
+        .unwrap();
+        assert_eq!(text(&data, "DATABASE_URL"), "mysql://u:p@h:3306/db");
+        assert_eq!(data.expose().len(), 1);
+    }
+
+    #[test]
+    fn template_error_names_key_without_values() {
+        let t = target(&[("URL", "{{ username }}:{{ pasword }}")]);
+        let err = render(
+            &t,
+            &value(r#"{"username":"alice-secret-user","password":"hunter2-pw"}"#),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("URL"), "{msg}");
+        assert!(msg.contains("undefined"), "{msg}");
+        assert!(
+            !msg.contains("hunter2-pw") && !msg.contains("alice-secret-user"),
+            "{msg}"
+        );
+
+        let t = target(&[("X", "{{ password | int + }}")]);
+        let msg = render(&t, &value(r#"{"password":"hunter2-pw"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("syntax"), "{msg}");
+        assert!(!msg.contains("hunter2-pw"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_top_level_key_is_reported() {
+        let msg = render(&target(&[]), &value(r#"{"a b":"x"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("target.template"), "{msg}");
+    }
+
+    #[test]
+    fn binary_lands_under_value() {
+        let v = SecretValue {
+            version_id: "v".into(),
+            value: Sensitive(Payload::Binary(vec![0, 159, 146, 150])),
+        };
+        let data = render(&target(&[]), &v).unwrap();
+        assert_eq!(data.expose()["value"].0, vec![0, 159, 146, 150]);
+    }
+}

@@ -1,0 +1,79 @@
+//! rotor: provisions AWS Secrets Manager secrets from `RotatedSecret` objects,
+//! mirrors their AWSCURRENT version into Kubernetes Secrets and rolls the
+//! workloads that consume them.
+
+pub mod api;
+pub mod aws;
+pub mod config;
+pub mod controller;
+pub mod k8s;
+pub mod redact;
+pub mod telemetry;
+
+use aws::AwsError;
+
+/// Everything a reconcile can fail with. Messages never carry secret material:
+/// they reach conditions, Events and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {}", .0.join("; "))]
+    InvalidSpec(Vec<String>),
+
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// Ownership rules refused to touch a resource; the message says how to fix it.
+    #[error("{message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+
+    /// The AWS secret's value cannot be turned into the requested Secret data.
+    #[error("{message}")]
+    Render { message: String },
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A bounded label for metrics; never the error text.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Aws(e) => e.kind.as_str(),
+            Error::Kube(_) => "kubernetes",
+            Error::Refused { .. } => "refused",
+            Error::Render { .. } => "render",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// The condition reason shown to users.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Aws(e) => e.kind.reason(),
+            Error::Kube(_) => "KubernetesError",
+            Error::Refused { reason, .. } => reason,
+            Error::Render { .. } => "RenderError",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+
+    /// Whether retrying without a spec change can help (backoff), as opposed
+    /// to waiting for the user (requeue at the refresh interval).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Aws(e) => e.kind.is_transient(),
+            Error::Kube(_) | Error::Finalizer(_) => true,
+            Error::InvalidSpec(_) | Error::Refused { .. } | Error::Render { .. } => false,
+        }
+    }
+}

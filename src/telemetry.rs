@@ -1,0 +1,228 @@
+//! Logging, Prometheus metrics and the /metrics, /healthz, /readyz endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::{EnvFilter, prelude::*};
+
+use crate::config::LogFormat;
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsCallLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+/// rotor's metrics, all under the `rotor_` prefix. Labels are bounded sets
+/// (outcomes, categories, operation names), never names or error text.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<OutcomeLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    aws_calls: Family<AwsCallLabels, Counter>,
+    aws_call_duration: Family<OperationLabels, Histogram>,
+    secret_writes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rotor");
+        let reconciles = Family::<OutcomeLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by outcome", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        registry.register(
+            "aws_calls",
+            "AWS API calls by operation and outcome",
+            aws_calls.clone(),
+        );
+        let aws_call_duration = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "aws_call_duration_seconds",
+            "Latency of AWS API calls by operation",
+            aws_call_duration.clone(),
+        );
+        let secret_writes = Counter::default();
+        registry.register(
+            "secret_writes",
+            "Kubernetes Secrets written with a new value",
+            secret_writes.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            aws_calls,
+            aws_call_duration,
+            secret_writes,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, elapsed: Duration, error_category: Option<&'static str>) {
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+        let outcome = if error_category.is_some() {
+            "error"
+        } else {
+            "success"
+        };
+        self.reconciles
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if let Some(category) = error_category {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { category })
+                .inc();
+        }
+    }
+
+    pub fn aws_call(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.aws_calls
+            .get_or_create(&AwsCallLabels { operation, outcome })
+            .inc();
+        self.aws_call_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn secret_written(&self) {
+        self.secret_writes.inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// Flipped once the controller's caches are synced.
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+}
+
+/// Serves /metrics, /healthz and /readyz until the process exits.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { metrics, readiness });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving metrics and health probes");
+    axum::serve(listener, app).await
+}
+
+async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_prefix_and_bounded_labels() {
+        let m = Metrics::default();
+        m.aws_call("DescribeSecret", "success", Duration::from_millis(3));
+        m.reconciled(Duration::from_millis(10), Some("aws_unavailable"));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"rotor_aws_calls_total{operation="DescribeSecret",outcome="success"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rotor_reconcile_errors_total{category="aws_unavailable"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests on the real test bed (etcd + kube-apiserver + moto),
+//! started by `make test` (hack/testbed.sh). One binary so it links once.
+
+mod common;
+mod crd;
+mod sync;
