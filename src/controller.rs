@@ -37,6 +37,7 @@ pub struct Context {
     pub cluster_name: String,
     pub adoption: AdoptionPolicy,
     pub recorder: Recorder,
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub min_refresh: Duration,
     /// Consecutive transient failures per object, for exponential backoff.
@@ -418,7 +419,19 @@ async fn publish(
         action: action.to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &rs.object_ref(&())).await {
+    // kube's Recorder folds events with the same reason into one series and
+    // keeps the first note. Repeated failures should fold; a Normal event
+    // (a new version synced, a workload restarted) names a distinct change,
+    // so it goes through a fresh recorder and keeps its own note.
+    let fresh;
+    let recorder = match type_ {
+        EventType::Warning => &ctx.recorder,
+        EventType::Normal => {
+            fresh = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+            &fresh
+        }
+    };
+    if let Err(e) = recorder.publish(&event, &rs.object_ref(&())).await {
         warn!(error = %e, "publishing event failed");
     }
 }
@@ -434,19 +447,18 @@ pub async fn run(
         .map_err(|e| format!("no Kubernetes client configuration: {e}"))?;
     let aws = Aws::from_env(metrics.clone()).await?;
     info!(region = aws.default_region(), cluster = %args.cluster_name, "starting rotor");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "rotor".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let reporter = Reporter {
+        controller: "rotor".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         aws,
         cluster_name: args.cluster_name.clone(),
         adoption: AdoptionPolicy::new(&args.adoption_namespaces),
         recorder,
+        reporter,
         metrics,
         min_refresh: args.min_refresh_interval,
         failures: Mutex::default(),
