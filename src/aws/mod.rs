@@ -1,6 +1,7 @@
 //! AWS clients (one per region, from the SDK's standard credential chain) and
 //! the classification of AWS errors into what reconcile can act on.
 
+pub mod events;
 pub mod secrets;
 
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! Kubernetes-side children of a RotatedSecret.
 
 pub mod mirror;
+pub mod rollout;
 
 /// Field manager for everything rotor server-side applies.
 pub const FIELD_MANAGER: &str = "rotor";

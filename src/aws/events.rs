@@ -1,0 +1,1 @@
+//! Secrets Manager change events from EventBridge via SQS (being written).

@@ -1,0 +1,1 @@
+//! Restarting the workloads that consume a Secret (being written).
