@@ -1,0 +1,242 @@
+"""Checks hack/moto_server.py's Secrets Manager patches against a real moto
+server subprocess, with boto3. Plain unittest, no extra dependency:
+
+    python3 hack/test_moto_server.py        (or: python3 -m pytest hack/test_moto_server.py -q)
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import unittest
+import urllib.request
+import uuid
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAMBDA = "arn:aws:lambda:us-east-1:123456789012:function:rotate"
+DAY = 86400
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        port = free_port()
+        cls.endpoint = f"http://127.0.0.1:{port}"
+        cls.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "moto_server.py"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while True:
+            try:
+                cls.rotations()
+                break
+            except OSError:
+                if time.time() > deadline or cls.proc.poll() is not None:
+                    cls.tearDownClass()
+                    raise RuntimeError("moto_server.py did not start")
+                time.sleep(0.1)
+        cls.sm = boto3.client(
+            "secretsmanager",
+            endpoint_url=cls.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 0}),
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        try:
+            cls.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            cls.proc.kill()
+            cls.proc.wait()
+
+    @classmethod
+    def rotations(cls):
+        with urllib.request.urlopen(f"{cls.endpoint}/rotor-test/rotations", timeout=2) as r:
+            return json.load(r)
+
+    # helpers
+
+    def create(self, value):
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        arn = self.sm.create_secret(Name=name, SecretString=value)["ARN"]
+        return arn
+
+    def stages(self, arn):
+        return self.sm.describe_secret(SecretId=arn)["VersionIdsToStages"]
+
+    def current(self, arn):
+        return next(v for v, s in self.stages(arn).items() if "AWSCURRENT" in s)
+
+    def value(self, arn, **kw):
+        return self.sm.get_secret_value(SecretId=arn, **kw)["SecretString"]
+
+    def version_ids(self, arn):
+        return {v["VersionId"] for v in self.sm.list_secret_version_ids(SecretId=arn)["Versions"]}
+
+    def assertAbout(self, when, epoch):
+        self.assertLess(abs(when.timestamp() - epoch), 5, f"{when} vs {epoch}")
+
+    def assertError(self, code, fn, **kw):
+        with self.assertRaises(ClientError) as e:
+            fn(**kw)
+        self.assertEqual(e.exception.response["Error"]["Code"], code)
+
+    # tests
+
+    def test_rotate_immediately_false_only_configures(self):
+        arn = self.create(json.dumps({"username": "u", "password": "p0"}))
+        before = self.current(arn)
+        resp = self.sm.rotate_secret(
+            SecretId=arn,
+            ClientRequestToken=str(uuid.uuid4()),
+            RotationLambdaARN=LAMBDA,
+            RotationRules={"ScheduleExpression": "rate(10 days)", "Duration": "3h"},
+            RotateImmediately=False,
+        )
+        self.assertEqual(resp["ARN"], arn)
+        self.assertEqual(self.version_ids(arn), {before})
+        self.assertEqual(self.stages(arn), {before: ["AWSCURRENT"]})
+        self.assertEqual(json.loads(self.value(arn))["password"], "p0")
+        d = self.sm.describe_secret(SecretId=arn)
+        self.assertEqual(d["RotationRules"], {"ScheduleExpression": "rate(10 days)", "Duration": "3h"})
+        self.assertTrue(d["RotationEnabled"])
+        self.assertEqual(d["RotationLambdaARN"], LAMBDA)
+        self.assertNotIn("LastRotatedDate", d)
+        self.assertAbout(d["NextRotationDate"], time.time() + 10 * DAY)
+        self.assertNotIn(arn, self.rotations())
+
+    def test_rotate_immediately_runs_idempotent_rotations(self):
+        arn = self.create(json.dumps({"username": "u", "password": "p0"}))
+        v0 = self.current(arn)
+        token_a = str(uuid.uuid4())
+        rules = {"ScheduleExpression": "rate(12 hours)"}
+        resp = self.sm.rotate_secret(
+            SecretId=arn, ClientRequestToken=token_a, RotationLambdaARN=LAMBDA, RotationRules=rules
+        )
+        self.assertEqual(resp["VersionId"], token_a)
+        self.assertEqual(self.version_ids(arn), {v0, token_a})
+        self.assertEqual(self.current(arn), token_a)
+        self.assertIn("AWSPREVIOUS", self.stages(arn)[v0])
+        a = json.loads(self.value(arn, VersionStage="AWSCURRENT"))
+        self.assertEqual(a["username"], "u")
+        self.assertRegex(a["password"], r"^[A-Za-z0-9]{32}$")
+        self.assertEqual(json.loads(self.value(arn))["password"], a["password"])  # no VersionStage
+        d = self.sm.describe_secret(SecretId=arn)
+        self.assertEqual(d["RotationRules"], rules)
+        self.assertAbout(d["LastRotatedDate"], time.time())
+        self.assertEqual(
+            d["NextRotationDate"].timestamp() - d["LastRotatedDate"].timestamp(), 12 * 3600
+        )
+        self.assertEqual(self.rotations()[arn], 1)
+
+        # The same token again is the same request: nothing new.
+        resp = self.sm.rotate_secret(SecretId=arn, ClientRequestToken=token_a)
+        self.assertEqual(resp["VersionId"], token_a)
+        self.assertEqual(self.version_ids(arn), {v0, token_a})
+        self.assertEqual(self.current(arn), token_a)
+        self.assertEqual(json.loads(self.value(arn))["password"], a["password"])
+        self.assertEqual(self.rotations()[arn], 1)
+
+        # A different token rotates again, with the stored configuration.
+        token_b = str(uuid.uuid4())
+        self.sm.rotate_secret(SecretId=arn, ClientRequestToken=token_b)
+        self.assertEqual(self.version_ids(arn), {v0, token_a, token_b})
+        self.assertEqual(self.current(arn), token_b)
+        self.assertIn("AWSPREVIOUS", self.stages(arn)[token_a])
+        self.assertNotIn("AWSPREVIOUS", self.stages(arn)[v0])
+        b = json.loads(self.value(arn, VersionStage="AWSCURRENT"))
+        self.assertNotEqual(b["password"], a["password"])
+        self.assertEqual(self.sm.describe_secret(SecretId=arn)["RotationRules"], rules)
+        self.assertEqual(self.rotations()[arn], 2)
+
+    def test_rotation_of_a_plain_string_and_without_token(self):
+        arn = self.create("hunter2")
+        v0 = self.current(arn)
+        # SDKs always fill in ClientRequestToken; send a raw request without it.
+        body = json.dumps({"SecretId": arn, "RotationLambdaARN": LAMBDA,
+                           "RotationRules": {"AutomaticallyAfterDays": 7}}).encode()
+        req = urllib.request.Request(f"{self.endpoint}/", data=body, headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "secretsmanager.RotateSecret",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/"
+                             "secretsmanager/aws4_request, SignedHeaders=host, Signature=x",
+        })
+        with urllib.request.urlopen(req, timeout=5) as r:
+            new = json.load(r)["VersionId"]
+        self.assertTrue(uuid.UUID(new))
+        self.assertEqual(self.version_ids(arn), {v0, new})
+        self.assertEqual(self.current(arn), new)
+        self.assertRegex(self.value(arn, VersionStage="AWSCURRENT"), r"^[A-Za-z0-9]{32}$")
+        d = self.sm.describe_secret(SecretId=arn)
+        self.assertEqual(d["RotationRules"], {"AutomaticallyAfterDays": 7})
+        self.assertEqual(d["NextRotationDate"].timestamp() - d["LastRotatedDate"].timestamp(), 7 * DAY)
+
+    def test_cron_schedule_and_cancel(self):
+        arn = self.create("x")
+        rules = {"ScheduleExpression": "cron(0 4 ? * MON *)", "Duration": "2h"}
+        self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=LAMBDA, RotationRules=rules,
+                              RotateImmediately=False)
+        d = self.sm.describe_secret(SecretId=arn)
+        self.assertEqual(d["RotationRules"], rules)
+        self.assertNotIn("NextRotationDate", d)  # not computed for cron()
+        self.sm.cancel_rotate_secret(SecretId=arn)
+        d = self.sm.describe_secret(SecretId=arn)
+        self.assertFalse(d["RotationEnabled"])
+        self.assertEqual(d["RotationRules"], rules)
+
+    def test_invalid_requests(self):
+        arn = self.create("x")
+        v0 = self.current(arn)
+        for rules in (
+            {"AutomaticallyAfterDays": 7, "ScheduleExpression": "rate(7 days)"},
+            {"ScheduleExpression": "rate(1 hours)"},
+            {"ScheduleExpression": "every day"},
+            {"ScheduleExpression": "rate(1 day)", "Duration": "25h"},
+        ):
+            self.assertError("InvalidParameterException", self.sm.rotate_secret,
+                             SecretId=arn, RotationLambdaARN=LAMBDA, RotationRules=rules)
+        self.assertError("InvalidRequestException", self.sm.rotate_secret,
+                         SecretId=arn, RotationRules={"AutomaticallyAfterDays": 1})
+        self.assertError("ResourceNotFoundException", self.sm.rotate_secret,
+                         SecretId="t-missing", RotationLambdaARN=LAMBDA)
+        self.assertEqual(self.version_ids(arn), {v0})
+        self.assertNotIn("RotationEnabled", self.sm.describe_secret(SecretId=arn))
+
+    def test_pending_rotation_blocks_rotate_secret(self):
+        arn = self.create("x")
+        self.sm.put_secret_value(SecretId=arn, SecretString="y", VersionStages=["AWSPENDING"])
+        self.assertError("InvalidRequestException", self.sm.rotate_secret,
+                         SecretId=arn, RotationLambdaARN=LAMBDA)
+
+    def test_reset_still_works(self):
+        arn = self.create("x")
+        self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=LAMBDA,
+                              RotationRules={"ScheduleExpression": "rate(1 day)"})
+        self.assertEqual(self.rotations()[arn], 1)
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            self.assertEqual(r.status, 200)
+        self.assertError("ResourceNotFoundException", self.sm.describe_secret, SecretId=arn)
+        self.assertEqual(self.rotations(), {})
+
+
+if __name__ == "__main__":
+    unittest.main()
