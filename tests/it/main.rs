@@ -3,4 +3,5 @@
 
 mod common;
 mod crd;
+mod proxy;
 mod sync;
