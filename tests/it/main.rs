@@ -4,4 +4,5 @@
 mod common;
 mod crd;
 mod proxy;
+mod rollout_discovery;
 mod sync;
