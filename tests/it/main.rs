@@ -3,6 +3,7 @@
 
 mod common;
 mod crd;
+mod events;
 mod proxy;
 mod rollout_discovery;
 mod sync;
