@@ -40,6 +40,22 @@ pub struct RunArgs {
     /// very short intervals (Go-style duration).
     #[arg(long, env = "ROTOR_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
+
+    /// How often AWS settings (description, tags, key, policy, replicas,
+    /// rotation) are re-checked for drift when the spec did not change.
+    #[arg(long, env = "ROTOR_DRIFT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub drift_interval: Duration,
+
+    /// Most writes per second rotor makes to Secrets Manager and KMS in one
+    /// region. The AWS quota (~50/s) is shared with the rotation Lambdas, so
+    /// keep well below it; throttling halves the rate adaptively.
+    #[arg(long, env = "ROTOR_AWS_WRITE_RATE", default_value_t = 20.0)]
+    pub aws_write_rate: f64,
+
+    /// How long a deleted RotatedSecret waits for AWS cleanup to succeed
+    /// before rotor gives up, warns, and lets it go.
+    #[arg(long, env = "ROTOR_CLEANUP_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub cleanup_timeout: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +65,7 @@ pub enum LogFormat {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::api::duration::parse(s)
-        .ok_or_else(|| format!("{s:?} is not a duration such as 10s or 1m"))
+    crate::api::duration::parse(s).ok_or_else(|| format!("{s:?} is not a duration such as 10s or 1m"))
 }
 
 fn parse_cluster_name(s: &str) -> Result<String, String> {

@@ -27,10 +27,7 @@ pub enum Error {
 
     /// Ownership rules refused to touch a resource; the message says how to fix it.
     #[error("{message}")]
-    Refused {
-        reason: &'static str,
-        message: String,
-    },
+    Refused { reason: &'static str, message: String },
 
     /// The AWS secret's value cannot be turned into the requested Secret data.
     #[error("{message}")]

@@ -23,9 +23,7 @@ pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json())
-            .init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
     }
 }
@@ -120,9 +118,7 @@ impl Metrics {
         } else {
             "success"
         };
-        self.reconciles
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        self.reconciles.get_or_create(&OutcomeLabels { outcome }).inc();
         if let Some(category) = error_category {
             self.reconcile_errors
                 .get_or_create(&ErrorLabels { category })
@@ -145,8 +141,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
@@ -215,9 +210,7 @@ mod tests {
         m.reconciled(Duration::from_millis(10), Some("aws_unavailable"));
         let text = m.encode();
         assert!(
-            text.contains(
-                r#"rotor_aws_calls_total{operation="DescribeSecret",outcome="success"} 1"#
-            ),
+            text.contains(r#"rotor_aws_calls_total{operation="DescribeSecret",outcome="success"} 1"#),
             "{text}"
         );
         assert!(

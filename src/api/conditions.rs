@@ -61,21 +61,15 @@ pub fn truncate(s: &mut String, max: usize) {
 
 /// Puts `new` into `conditions`, keeping the previous `lastTransitionTime`
 /// when the status did not change.
-pub fn upsert(
-    conditions: &mut Vec<Condition>,
-    mut new: Condition,
-    generation: Option<i64>,
-    now: &str,
-) {
+pub fn upsert(conditions: &mut Vec<Condition>, mut new: Condition, generation: Option<i64>, now: &str) {
     new.observed_generation = generation;
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
-            new.last_transition_time =
-                if old.status == new.status && !old.last_transition_time.is_empty() {
-                    std::mem::take(&mut old.last_transition_time)
-                } else {
-                    now.to_owned()
-                };
+            new.last_transition_time = if old.status == new.status && !old.last_transition_time.is_empty() {
+                std::mem::take(&mut old.last_transition_time)
+            } else {
+                now.to_owned()
+            };
             *old = new;
         }
         None => {

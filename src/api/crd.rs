@@ -75,10 +75,7 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(
-            cols,
-            ["Ready", "AWS secret", "Version", "Last rotated", "Age"]
-        );
+        assert_eq!(cols, ["Ready", "AWS secret", "Version", "Last rotated", "Age"]);
     }
 
     /// The 1.20 API server rejects `null` inside `enum` with a misleading error.

@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod schedule;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -237,9 +238,7 @@ pub struct RotationSpec {
     pub lambda_arn: String,
 
     /// `rate(N days|hours)` or `cron(...)`, as Secrets Manager takes it.
-    #[schemars(regex(
-        pattern = r"^(rate\(\s*[0-9]+\s+(hour|hours|day|days)\s*\)|cron\([^()]+\))$"
-    ))]
+    #[schemars(regex(pattern = r"^(rate\(\s*[0-9]+\s+(hour|hours|day|days)\s*\)|cron\([^()]+\))$"))]
     pub schedule: String,
 
     /// Rotation window (RotationRules.Duration), in hours: `1h` to `24h`.
@@ -319,18 +318,14 @@ pub enum RolloutMode {
     Disabled,
 }
 
-#[derive(
-    Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub struct RolloutTarget {
     pub kind: WorkloadKind,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -372,6 +367,16 @@ pub struct RotatedSecretStatus {
     /// Last handled `rotor.dev/rotate-now` token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_now_token: Option<String>,
+    /// Tag keys rotor put on the AWS secret from `spec.secretsManager.tags`,
+    /// so that removing one from the spec removes it in AWS (and only those).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_tags: Vec<String>,
+    /// rotor put the resource policy (so removing it from the spec deletes it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed_resource_policy: bool,
+    /// rotor enabled rotation (so removing `spec.rotation` cancels it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed_rotation: bool,
     /// Workloads restarted for a version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rolled_out: Vec<RolledOut>,

@@ -428,9 +428,7 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Self {
-            window: BACKOFF_MIN,
-        }
+        Self { window: BACKOFF_MIN }
     }
 
     fn next_delay(&mut self) -> Duration {
@@ -531,12 +529,7 @@ pub async fn consume(
 
 /// Deletes handled messages. A failure is only logged: the messages come back
 /// after the visibility timeout and are handled again, which is harmless.
-async fn delete(
-    sqs: &aws_sdk_sqs::Client,
-    queue_url: &str,
-    done: &[(usize, &str)],
-    metrics: &Metrics,
-) {
+async fn delete(sqs: &aws_sdk_sqs::Client, queue_url: &str, done: &[(usize, &str)], metrics: &Metrics) {
     if done.is_empty() {
         return;
     }
@@ -647,10 +640,7 @@ mod tests {
                 "responseElements": {"arn": ARN, "versionId": "t", "versionStages": ["AWSCURRENT"]},
             }),
         );
-        assert_eq!(
-            parse(e),
-            Ok(change(Some("us-west-2"), ARN, "PutSecretValue"))
-        );
+        assert_eq!(parse(e), Ok(change(Some("us-west-2"), ARN, "PutSecretValue")));
     }
 
     #[test]
@@ -668,10 +658,7 @@ mod tests {
             "RotateSecret",
             json!({"requestParameters": {"secretId": "app/db"}, "responseElements": null}),
         );
-        assert_eq!(
-            parse(e),
-            Ok(change(Some("us-west-2"), "app/db", "RotateSecret"))
-        );
+        assert_eq!(parse(e), Ok(change(Some("us-west-2"), "app/db", "RotateSecret")));
 
         let mut e = api_call(
             "DeleteSecret",
@@ -692,10 +679,7 @@ mod tests {
             "RestoreSecret",
             json!({"requestParameters": {"secretId": replica}}),
         );
-        assert_eq!(
-            parse(e),
-            Ok(change(Some("eu-west-1"), replica, "RestoreSecret"))
-        );
+        assert_eq!(parse(e), Ok(change(Some("eu-west-1"), replica, "RestoreSecret")));
     }
 
     #[test]
@@ -704,10 +688,7 @@ mod tests {
             "CreateSecret",
             json!({"requestParameters": {"name": "app/db", "secretString": "HIDDEN_DUE_TO_SECURITY_REASONS"}}),
         );
-        assert_eq!(
-            parse(e),
-            Ok(change(Some("us-west-2"), "app/db", "CreateSecret"))
-        );
+        assert_eq!(parse(e), Ok(change(Some("us-west-2"), "app/db", "CreateSecret")));
     }
 
     #[test]
@@ -785,29 +766,20 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(
-            parse(service_event("EndSecretVersionDelete", ARN)),
-            Ok(None)
-        );
+        assert_eq!(parse(service_event("EndSecretVersionDelete", ARN)), Ok(None));
     }
 
     #[test]
     fn service_event_fallback_fields() {
         let mut e = service_event("RotationSucceeded", ARN);
-        e["detail"]
-            .as_object_mut()
-            .unwrap()
-            .remove("additionalEventData");
+        e["detail"].as_object_mut().unwrap().remove("additionalEventData");
         e["detail"]["serviceEventDetails"] = json!({"secretId": ARN});
         assert_eq!(
             parse(e.clone()),
             Ok(change(Some("us-west-2"), ARN, "RotationSucceeded"))
         );
 
-        e["detail"]
-            .as_object_mut()
-            .unwrap()
-            .remove("serviceEventDetails");
+        e["detail"].as_object_mut().unwrap().remove("serviceEventDetails");
         e["resources"] = json!(["arn:aws:lambda:us-west-2:012345678901:function:f", ARN]);
         assert_eq!(
             parse(e.clone()),
@@ -903,10 +875,7 @@ mod tests {
             })
         ));
         assert_eq!(parse(json!([1, 2])), Err(ParseError::NotAnEvent));
-        assert_eq!(
-            parse(json!({"hello": "world"})),
-            Err(ParseError::NotAnEvent)
-        );
+        assert_eq!(parse(json!({"hello": "world"})), Err(ParseError::NotAnEvent));
         assert_eq!(
             parse(api_call("PutSecretValue", json!({"requestParameters": {}}))),
             Err(ParseError::MissingSecretId {
@@ -1017,10 +986,7 @@ mod tests {
             queue_region("https://us-east-2.queue.amazonaws.com/012345678901/rotor"),
             Some("us-east-2")
         );
-        assert_eq!(
-            queue_region("http://127.0.0.1:5000/123456789012/rotor"),
-            None
-        );
+        assert_eq!(queue_region("http://127.0.0.1:5000/123456789012/rotor"), None);
         assert_eq!(queue_region("http://localhost:4566/000000000000/q"), None);
         assert_eq!(queue_region("not a url"), None);
     }

@@ -2,6 +2,9 @@
 //! the classification of AWS errors into what reconcile can act on.
 
 pub mod events;
+pub mod initial;
+pub mod kms;
+pub mod ratelimit;
 pub mod secrets;
 
 use std::collections::HashMap;
@@ -13,6 +16,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::telemetry::Metrics;
+use ratelimit::WriteLimiter;
 
 /// What an AWS failure means for reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +67,7 @@ impl AwsErrorKind {
             | "InvalidSignatureException"
             | "ExpiredTokenException"
             | "KMSAccessDeniedException" => Self::AccessDenied,
-            "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-                Self::Throttled
-            }
+            "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => Self::Throttled,
             "InternalServiceError"
             | "InternalFailure"
             | "ServiceUnavailable"
@@ -115,18 +117,12 @@ impl AwsError {
                 let msg = e.message().unwrap_or("no message").to_owned();
                 (kind, code, msg)
             }
-            SdkError::DispatchFailure(_)
-            | SdkError::TimeoutError(_)
-            | SdkError::ResponseError(_) => (
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
                 AwsErrorKind::Unavailable,
                 None,
                 DisplayErrorContext(&err).to_string(),
             ),
-            _ => (
-                AwsErrorKind::Other,
-                None,
-                DisplayErrorContext(&err).to_string(),
-            ),
+            _ => (AwsErrorKind::Other, None, DisplayErrorContext(&err).to_string()),
         };
         let mut message = message;
         crate::api::conditions::truncate(&mut message, 400);
@@ -149,6 +145,8 @@ pub struct RegionClients {
     pub region: String,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub kms: aws_sdk_kms::Client,
+    /// Budget for rotor's writes in this region (Secrets Manager and KMS).
+    pub writes: Arc<WriteLimiter>,
 }
 
 /// Lazily built per-region clients sharing one credential chain and HTTP stack.
@@ -156,13 +154,14 @@ pub struct Aws {
     base: SdkConfig,
     default_region: String,
     regions: Mutex<HashMap<String, RegionClients>>,
+    write_rate: f64,
     metrics: Arc<Metrics>,
 }
 
 impl Aws {
     /// Loads configuration from the standard chain: `AWS_REGION`,
     /// `AWS_ENDPOINT_URL`, IRSA web identity, EKS Pod Identity, instance roles.
-    pub async fn from_env(metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub async fn from_env(write_rate: f64, metrics: Arc<Metrics>) -> Result<Self, String> {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -173,13 +172,15 @@ impl Aws {
             )
             .load()
             .await;
-        let default_region = base.region().map(|r| r.to_string()).ok_or(
-            "no AWS region configured: set AWS_REGION (the chart sets it from values.aws.region)",
-        )?;
+        let default_region = base
+            .region()
+            .map(|r| r.to_string())
+            .ok_or("no AWS region configured: set AWS_REGION (the chart sets it from values.aws.region)")?;
         Ok(Self {
             base,
             default_region,
             regions: Mutex::default(),
+            write_rate,
             metrics,
         })
     }
@@ -203,10 +204,9 @@ impl Aws {
                             .build(),
                     ),
                     kms: aws_sdk_kms::Client::from_conf(
-                        aws_sdk_kms::config::Builder::from(&self.base)
-                            .region(r)
-                            .build(),
+                        aws_sdk_kms::config::Builder::from(&self.base).region(r).build(),
                     ),
+                    writes: Arc::new(WriteLimiter::new(self.write_rate)),
                 }
             })
             .clone()
@@ -230,6 +230,31 @@ impl Aws {
         };
         self.metrics.aws_call(operation, outcome, start.elapsed());
         res
+    }
+
+    /// Runs one AWS write within the region's write budget; throttling
+    /// responses shrink the budget, successes grow it back.
+    pub async fn write<T, E, R>(
+        &self,
+        rc: &RegionClients,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        rc.writes.acquire().await;
+        let res = self.call(operation, fut).await;
+        match &res {
+            Err(e) if e.kind == AwsErrorKind::Throttled => rc.writes.throttled(),
+            _ => rc.writes.succeeded(),
+        }
+        res
+    }
+
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.base
     }
 }
 

@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_secretsmanager::types::Tag;
+use aws_sdk_secretsmanager::types::{
+    Filter, FilterNameStringType, ReplicaRegionType, RotationRulesType, Tag,
+};
 
 use super::{Aws, AwsError, RegionClients};
 use crate::api::OWNER_TAG;
 use crate::redact::Sensitive;
 
 pub const AWSCURRENT: &str = "AWSCURRENT";
+pub const AWSPENDING: &str = "AWSPENDING";
 
 /// What DescribeSecret says about a secret; no secret material.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,9 +25,18 @@ pub struct Description {
     /// Set when the secret is scheduled for deletion.
     pub deleted: bool,
     pub kms_key_id: Option<String>,
+    pub description: Option<String>,
     pub rotation_enabled: bool,
+    pub rotation_lambda_arn: Option<String>,
+    pub schedule_expression: Option<String>,
+    pub rotation_window: Option<String>,
     pub last_rotated: Option<String>,
     pub next_rotation: Option<String>,
+    /// Replica regions and their KMS keys.
+    pub replicas: BTreeMap<String, Option<String>>,
+    /// VersionId carrying AWSPENDING, when it is not also AWSCURRENT: a
+    /// rotation in progress (or stuck).
+    pub pending_version: Option<String>,
 }
 
 impl Description {
@@ -73,35 +85,44 @@ impl Aws {
                 .find(|(_, stages)| stages.iter().any(|s| s == AWSCURRENT))
                 .map(|(v, _)| v.clone())
         });
+        let pending_version = out.version_ids_to_stages().and_then(|m| {
+            m.iter()
+                .find(|(_, stages)| {
+                    stages.iter().any(|s| s == AWSPENDING) && !stages.iter().any(|s| s == AWSCURRENT)
+                })
+                .map(|(v, _)| v.clone())
+        });
+        let rules = out.rotation_rules();
         Ok(Some(Description {
             arn: out.arn().unwrap_or_default().to_owned(),
             name: out.name().unwrap_or_default().to_owned(),
             tags: out
                 .tags()
                 .iter()
-                .filter_map(|t| {
-                    Some((
-                        t.key()?.to_owned(),
-                        t.value().unwrap_or_default().to_owned(),
-                    ))
-                })
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
                 .collect(),
             current_version,
             deleted: out.deleted_date().is_some(),
             kms_key_id: out.kms_key_id().map(str::to_owned),
+            description: out.description().map(str::to_owned),
             rotation_enabled: out.rotation_enabled().unwrap_or(false),
+            rotation_lambda_arn: out.rotation_lambda_arn().map(str::to_owned),
+            schedule_expression: rules.and_then(|r| r.schedule_expression()).map(str::to_owned),
+            rotation_window: rules.and_then(|r| r.duration()).map(str::to_owned),
             last_rotated: timestamp(out.last_rotated_date()),
             next_rotation: timestamp(out.next_rotation_date()),
+            replicas: out
+                .replication_status()
+                .iter()
+                .filter_map(|r| Some((r.region()?.to_owned(), r.kms_key_id().map(str::to_owned))))
+                .collect(),
+            pending_version,
         }))
     }
 
     /// GetSecretValue of AWSCURRENT. The stage is always sent: without it some
     /// implementations (moto) can answer with a stale version.
-    pub async fn current_value(
-        &self,
-        rc: &RegionClients,
-        arn: &str,
-    ) -> Result<SecretValue, AwsError> {
+    pub async fn current_value(&self, rc: &RegionClients, arn: &str) -> Result<SecretValue, AwsError> {
         let out = self
             .call(
                 "GetSecretValue",
@@ -141,5 +162,375 @@ impl Aws {
         )
         .await
         .map(drop)
+    }
+}
+
+/// What CreateSecret needs.
+pub struct NewSecret<'a> {
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub kms_key_id: Option<&'a str>,
+    pub tags: &'a BTreeMap<String, String>,
+    pub value: Option<&'a Sensitive<String>>,
+    pub replicas: &'a [(String, Option<String>)],
+    /// Makes a retried create return the same secret and version.
+    pub request_token: &'a str,
+}
+
+/// The rotation configuration rotor asks for.
+pub struct RotationRequest<'a> {
+    pub lambda_arn: &'a str,
+    pub schedule: &'a str,
+    pub window: Option<&'a str>,
+    pub rotate_immediately: bool,
+    pub request_token: &'a str,
+}
+
+/// One secret as ListSecrets returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub arn: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub current_version: Option<String>,
+}
+
+fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
+    map.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// Treats "already gone" as done, for deletes and cleanups.
+fn gone_ok(res: Result<(), AwsError>) -> Result<(), AwsError> {
+    match res {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+impl Aws {
+    pub async fn create_secret(&self, rc: &RegionClients, new: NewSecret<'_>) -> Result<String, AwsError> {
+        let mut req = rc
+            .secrets
+            .create_secret()
+            .name(new.name)
+            .client_request_token(new.request_token)
+            .set_description(new.description.map(str::to_owned))
+            .set_kms_key_id(new.kms_key_id.map(str::to_owned))
+            .set_tags(Some(tags(new.tags)));
+        if let Some(v) = new.value {
+            req = req.secret_string(v.expose());
+        }
+        for (region, key) in new.replicas {
+            req = req.add_replica_regions(
+                ReplicaRegionType::builder()
+                    .region(region)
+                    .set_kms_key_id(key.clone())
+                    .build(),
+            );
+        }
+        let out = self.write(rc, "CreateSecret", req.send()).await?;
+        Ok(out.arn().unwrap_or_default().to_owned())
+    }
+
+    pub async fn update_secret(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        description: Option<&str>,
+        kms_key_id: Option<&str>,
+    ) -> Result<(), AwsError> {
+        self.write(
+            rc,
+            "UpdateSecret",
+            rc.secrets
+                .update_secret()
+                .secret_id(arn)
+                .set_description(description.map(str::to_owned))
+                .set_kms_key_id(kms_key_id.map(str::to_owned))
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn tag_secret_many(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        self.write(
+            rc,
+            "TagResource",
+            rc.secrets
+                .tag_resource()
+                .secret_id(arn)
+                .set_tags(Some(tags(map)))
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn untag_secret(&self, rc: &RegionClients, arn: &str, keys: &[String]) -> Result<(), AwsError> {
+        gone_ok(
+            self.write(
+                rc,
+                "UntagResource",
+                rc.secrets
+                    .untag_resource()
+                    .secret_id(arn)
+                    .set_tag_keys(Some(keys.to_vec()))
+                    .send(),
+            )
+            .await
+            .map(drop),
+        )
+    }
+
+    /// The resource policy as JSON, `None` when there is none.
+    pub async fn resource_policy(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+    ) -> Result<Option<serde_json::Value>, AwsError> {
+        let out = self
+            .call(
+                "GetResourcePolicy",
+                rc.secrets.get_resource_policy().secret_id(arn).send(),
+            )
+            .await?;
+        Ok(out.resource_policy().and_then(|p| serde_json::from_str(p).ok()))
+    }
+
+    pub async fn put_resource_policy(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        policy: &serde_json::Value,
+    ) -> Result<(), AwsError> {
+        self.write(
+            rc,
+            "PutResourcePolicy",
+            rc.secrets
+                .put_resource_policy()
+                .secret_id(arn)
+                .resource_policy(policy.to_string())
+                .block_public_policy(true)
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_resource_policy(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
+        gone_ok(
+            self.write(
+                rc,
+                "DeleteResourcePolicy",
+                rc.secrets.delete_resource_policy().secret_id(arn).send(),
+            )
+            .await
+            .map(drop),
+        )
+    }
+
+    pub async fn add_replicas(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        replicas: &[(String, Option<String>)],
+    ) -> Result<(), AwsError> {
+        let mut req = rc.secrets.replicate_secret_to_regions().secret_id(arn);
+        for (region, key) in replicas {
+            req = req.add_replica_regions(
+                ReplicaRegionType::builder()
+                    .region(region)
+                    .set_kms_key_id(key.clone())
+                    .build(),
+            );
+        }
+        self.write(rc, "ReplicateSecretToRegions", req.send())
+            .await
+            .map(drop)
+    }
+
+    pub async fn remove_replicas(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        regions: &[String],
+    ) -> Result<(), AwsError> {
+        gone_ok(
+            self.write(
+                rc,
+                "RemoveRegionsFromReplication",
+                rc.secrets
+                    .remove_regions_from_replication()
+                    .secret_id(arn)
+                    .set_remove_replica_regions(Some(regions.to_vec()))
+                    .send(),
+            )
+            .await
+            .map(drop),
+        )
+    }
+
+    pub async fn restore_secret(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
+        self.write(
+            rc,
+            "RestoreSecret",
+            rc.secrets.restore_secret().secret_id(arn).send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// RotateSecret: configures rotation and, only when asked, rotates now.
+    pub async fn rotate_secret(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        req: RotationRequest<'_>,
+    ) -> Result<(), AwsError> {
+        let rules = RotationRulesType::builder()
+            .schedule_expression(req.schedule)
+            .set_duration(req.window.map(str::to_owned))
+            .build();
+        self.write(
+            rc,
+            "RotateSecret",
+            rc.secrets
+                .rotate_secret()
+                .secret_id(arn)
+                .rotation_lambda_arn(req.lambda_arn)
+                .rotation_rules(rules)
+                .rotate_immediately(req.rotate_immediately)
+                .client_request_token(req.request_token)
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// RotateSecret with the configured rotation, now (rotate-now).
+    pub async fn rotate_now(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        request_token: &str,
+    ) -> Result<(), AwsError> {
+        self.write(
+            rc,
+            "RotateSecret",
+            rc.secrets
+                .rotate_secret()
+                .secret_id(arn)
+                .rotate_immediately(true)
+                .client_request_token(request_token)
+                .send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn cancel_rotation(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
+        gone_ok(
+            self.write(
+                rc,
+                "CancelRotateSecret",
+                rc.secrets.cancel_rotate_secret().secret_id(arn).send(),
+            )
+            .await
+            .map(drop),
+        )
+    }
+
+    /// DeleteSecret with a recovery window (0 deletes at once).
+    pub async fn delete_secret(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        recovery_days: i64,
+    ) -> Result<(), AwsError> {
+        let req = rc.secrets.delete_secret().secret_id(arn);
+        let req = if recovery_days == 0 {
+            req.force_delete_without_recovery(true)
+        } else {
+            req.recovery_window_in_days(recovery_days)
+        };
+        gone_ok(self.write(rc, "DeleteSecret", req.send()).await.map(drop))
+    }
+
+    /// When the given version was created (for stuck-rotation detection).
+    pub async fn version_created(
+        &self,
+        rc: &RegionClients,
+        arn: &str,
+        version_id: &str,
+    ) -> Result<Option<aws_smithy_types::DateTime>, AwsError> {
+        let out = self
+            .call(
+                "ListSecretVersionIds",
+                rc.secrets.list_secret_version_ids().secret_id(arn).send(),
+            )
+            .await?;
+        Ok(out
+            .versions()
+            .iter()
+            .find(|v| v.version_id() == Some(version_id))
+            .and_then(|v| v.created_date().copied()))
+    }
+
+    /// Every secret carrying the owner tag key, 100 per call, with owners and
+    /// AWSCURRENT versions: the version poller's sweep and the key-in-use check.
+    pub async fn list_owned(&self, rc: &RegionClients) -> Result<Vec<Listed>, AwsError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .call(
+                    "ListSecrets",
+                    rc.secrets
+                        .list_secrets()
+                        .filters(
+                            Filter::builder()
+                                .key(FilterNameStringType::TagKey)
+                                .values(OWNER_TAG)
+                                .build(),
+                        )
+                        .max_results(100)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            for s in page.secret_list() {
+                let owner = s
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(OWNER_TAG))
+                    .and_then(|t| t.value())
+                    .map(str::to_owned);
+                let current_version = s.secret_versions_to_stages().and_then(|m| {
+                    m.iter()
+                        .find(|(_, st)| st.iter().any(|x| x == AWSCURRENT))
+                        .map(|(v, _)| v.clone())
+                });
+                out.push(Listed {
+                    arn: s.arn().unwrap_or_default().to_owned(),
+                    name: s.name().unwrap_or_default().to_owned(),
+                    owner,
+                    kms_key_id: s.kms_key_id().map(str::to_owned),
+                    current_version,
+                });
+            }
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
     }
 }

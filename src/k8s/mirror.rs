@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 
 use super::FIELD_MANAGER;
 use crate::api::validate::is_valid_data_key;
-use crate::api::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, RotatedSecret, TargetSpec, VERSION_ID_ANNOTATION,
-};
+use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, RotatedSecret, TargetSpec, VERSION_ID_ANNOTATION};
 use crate::aws::secrets::{Payload, SecretValue};
 use crate::redact::{Sensitive, scrub};
 use crate::{Error, Result};
@@ -132,12 +130,7 @@ pub fn written_for(secret: &PartialObjectMeta<Secret>) -> (Option<&str>, Option<
 
 /// Server-side applies the Secret with rotor's field manager. Only fields
 /// rotor sets are owned, so other managers' labels or annotations survive.
-pub async fn apply(
-    api: &Api<Secret>,
-    rs: &RotatedSecret,
-    version_id: &str,
-    data: &SecretData,
-) -> Result<()> {
+pub async fn apply(api: &Api<Secret>, rs: &RotatedSecret, version_id: &str, data: &SecretData) -> Result<()> {
     let target = &rs.spec.target;
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
@@ -162,8 +155,7 @@ pub async fn apply(
         "data": data.expose(),
     });
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(rs.target_name(), &pp, &Patch::Apply(&patch))
-        .await?;
+    api.patch(rs.target_name(), &pp, &Patch::Apply(&patch)).await?;
     Ok(())
 }
 

@@ -43,8 +43,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, EnvVarSource, EphemeralContainer, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, SecretEnvSource, SecretProjection, SecretVolumeSource, Volume,
-    VolumeProjection,
+    ProjectedVolumeSource, SecretEnvSource, SecretProjection, SecretVolumeSource, Volume, VolumeProjection,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
@@ -118,11 +117,7 @@ pub fn pod_spec_references(spec: &PodSpec, secret: &str) -> bool {
             .any(|v| volume_references(v, secret))
 }
 
-fn env_references(
-    env: Option<&[EnvVar]>,
-    env_from: Option<&[EnvFromSource]>,
-    secret: &str,
-) -> bool {
+fn env_references(env: Option<&[EnvVar]>, env_from: Option<&[EnvFromSource]>, secret: &str) -> bool {
     env.unwrap_or_default().iter().any(|e| {
         e.value_from
             .as_ref()
@@ -522,12 +517,7 @@ pub fn field_manager(key: &str) -> String {
 }
 
 /// The server-side apply body setting only the pod-template annotation.
-pub fn template_annotation_patch(
-    kind: WorkloadKind,
-    name: &str,
-    key: &str,
-    version: &str,
-) -> Value {
+pub fn template_annotation_patch(kind: WorkloadKind, name: &str, key: &str, version: &str) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": kind_name(kind),
@@ -558,15 +548,9 @@ pub async fn roll(
     version: &str,
 ) -> Result<(), kube::Error> {
     match kind {
-        WorkloadKind::Deployment => {
-            apply_annotation::<Deployment>(client, ns, name, key, version).await
-        }
-        WorkloadKind::StatefulSet => {
-            apply_annotation::<StatefulSet>(client, ns, name, key, version).await
-        }
-        WorkloadKind::DaemonSet => {
-            apply_annotation::<DaemonSet>(client, ns, name, key, version).await
-        }
+        WorkloadKind::Deployment => apply_annotation::<Deployment>(client, ns, name, key, version).await,
+        WorkloadKind::StatefulSet => apply_annotation::<StatefulSet>(client, ns, name, key, version).await,
+        WorkloadKind::DaemonSet => apply_annotation::<DaemonSet>(client, ns, name, key, version).await,
     }
 }
 
@@ -607,8 +591,8 @@ fn not_found(kind: WorkloadKind, name: &str) -> kube::Error {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapProjection, ConfigMapVolumeSource,
-        EnvVarSource, SecretKeySelector,
+        ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapProjection, ConfigMapVolumeSource, EnvVarSource,
+        SecretKeySelector,
     };
 
     use super::*;
@@ -648,10 +632,7 @@ mod tests {
         // Names sharing the first 54 characters still differ.
         let other = format!("{}x", &name[..name.len() - 1]);
         assert_ne!(annotation_key(&other), key);
-        assert_eq!(
-            annotation_key(&"b".repeat(253)).len(),
-            "rotor.dev/".len() + 63
-        );
+        assert_eq!(annotation_key(&"b".repeat(253)).len(), "rotor.dev/".len() + 63);
     }
 
     // ---- pod_spec_references
@@ -909,10 +890,7 @@ mod tests {
                             vec![env_secret("db"), env_configmap("cm")],
                             vec![env_from_configmap("cm")],
                         )],
-                        vec![
-                            secret_vol("db"),
-                            projected_vol(vec![projection_configmap("cm")]),
-                        ],
+                        vec![secret_vol("db"), projected_vol(vec![projection_configmap("cm")])],
                     )),
                 },
                 ..DeploymentSpec::default()
@@ -1048,13 +1026,7 @@ mod tests {
     #[test]
     fn unknown_times_roll() {
         assert!(needs_roll(None, None, "v2", "v1", ts(WRITTEN)));
-        assert!(needs_roll(
-            None,
-            ts("2025-03-01T10:00:01Z"),
-            "v2",
-            "v1",
-            None
-        ));
+        assert!(needs_roll(None, ts("2025-03-01T10:00:01Z"), "v2", "v1", None));
         assert!(needs_roll(Some("v1"), None, "v2", "v1", None));
     }
 

@@ -205,12 +205,7 @@ impl Env {
             .name(self.aws_name(name))
             .secret_string(value);
         if let Some(owner) = owner {
-            req = req.tags(
-                Tag::builder()
-                    .key(rotor::api::OWNER_TAG)
-                    .value(owner)
-                    .build(),
-            );
+            req = req.tags(Tag::builder().key(rotor::api::OWNER_TAG).value(owner).build());
         }
         req.send()
             .await
@@ -301,23 +296,14 @@ impl Env {
         }
     }
 
-    pub async fn wait_condition(
-        &self,
-        name: &str,
-        type_: &str,
-        status: &str,
-        reason: &str,
-    ) -> RotatedSecret {
+    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> RotatedSecret {
         self.wait_rs(name, &format!("{type_}={status} ({reason})"), |rs| {
             condition(rs, type_).is_some_and(|c| c.status == status && c.reason == reason)
         })
         .await
     }
 
-    pub async fn secret_data(
-        &self,
-        name: &str,
-    ) -> Option<std::collections::BTreeMap<String, String>> {
+    pub async fn secret_data(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
         let s = self.secret_api().get_opt(name).await.expect("get Secret")?;
         Some(
             s.data
@@ -353,27 +339,17 @@ impl Env {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-        assert!(
-            !logs.is_empty() || self.rotor.is_none(),
-            "rotor log is empty"
-        );
+        assert!(!logs.is_empty() || self.rotor.is_none(), "rotor log is empty");
         for v in values {
             assert!(!logs.contains(v), "secret value {v:?} found in rotor's log");
             assert!(!events.contains(v), "secret value {v:?} found in Events");
-            assert!(
-                !statuses.contains(v),
-                "secret value {v:?} found in a status"
-            );
+            assert!(!statuses.contains(v), "secret value {v:?} found in a status");
         }
     }
 }
 
 pub fn condition<'a>(rs: &'a RotatedSecret, type_: &str) -> Option<&'a rotor::api::Condition> {
-    rs.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+    rs.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 pub fn uuid_like() -> String {

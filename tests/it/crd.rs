@@ -22,10 +22,9 @@ async fn schema_rejects_bad_specs_and_accepts_the_contract_example() {
     };
 
     // The api.md example, as written there.
-    let example: serde_json::Value =
-        serde_yaml::from_str(include_str!("../../examples/db-credentials.yaml"))
-            .map(|v: serde_yaml::Value| serde_json::to_value(v).unwrap())
-            .unwrap();
+    let example: serde_json::Value = serde_yaml::from_str(include_str!("../../examples/db-credentials.yaml"))
+        .map(|v: serde_yaml::Value| serde_json::to_value(v).unwrap())
+        .unwrap();
     apply("example", example["spec"].clone())
         .await
         .expect("the contract's example is accepted");

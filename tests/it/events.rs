@@ -55,12 +55,7 @@ async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
     ]
     .iter()
-    .map(|a| {
-        attrs
-            .get(a)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
+    .map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
     .sum()
 }
 
@@ -112,8 +107,7 @@ async fn consumes_changes_and_deletes_every_message() {
             }
         }).to_string(),
     });
-    let malformed =
-        format!(r#"{{"detail": {{"requestParameters": {{"secretString": "{FAKE_SECRET}""#);
+    let malformed = format!(r#"{{"detail": {{"requestParameters": {{"secretString": "{FAKE_SECRET}""#);
     let irrelevant = json!({
         "version": "0", "id": uuid_like(),
         "detail-type": "AWS API Call via CloudTrail", "source": "aws.secretsmanager",

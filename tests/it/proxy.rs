@@ -148,10 +148,7 @@ async fn proxy_counts_and_injects_faults() {
     use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
-    assert_eq!(
-        proxy.port.to_string(),
-        proxy.url.rsplit(':').next().unwrap()
-    );
+    assert_eq!(proxy.port.to_string(), proxy.url.rsplit(':').next().unwrap());
     assert!(proxy.calls().is_empty());
     // One attempt per call, so each injected fault is seen exactly once.
     let sm = aws_sdk_secretsmanager::Client::from_conf(
@@ -166,14 +163,7 @@ async fn proxy_counts_and_injects_faults() {
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
     let exists = |name: String| {
         let direct = direct.clone();
-        async move {
-            direct
-                .describe_secret()
-                .secret_id(name)
-                .send()
-                .await
-                .is_ok()
-        }
+        async move { direct.describe_secret().secret_id(name).send().await.is_ok() }
     };
     let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -201,10 +191,7 @@ async fn proxy_counts_and_injects_faults() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("InternalFailure"));
-    assert!(
-        !exists(b.clone()).await,
-        "a faulted call must not reach moto"
-    );
+    assert!(!exists(b.clone()).await, "a faulted call must not reach moto");
     sm.create_secret()
         .name(&b)
         .secret_string("v1")
@@ -240,23 +227,13 @@ async fn proxy_counts_and_injects_faults() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        value.secret_string(),
-        Some("v2"),
-        "`after` forwards the write"
-    );
+    assert_eq!(value.secret_string(), Some("v2"), "`after` forwards the write");
 
     // A dropped connection is a dispatch failure, not a service error.
     proxy.fault("*", 1, "drop", None);
     let err = sm.list_secrets().send().await.unwrap_err();
-    assert!(
-        err.code().is_none(),
-        "expected a connection error, got {err:?}"
-    );
-    sm.list_secrets()
-        .send()
-        .await
-        .expect("next call goes through");
+    assert!(err.code().is_none(), "expected a connection error, got {err:?}");
+    sm.list_secrets().send().await.expect("next call goes through");
 
     // Latency.
     proxy.fault_spec(json!({"operation": "ListSecrets", "kind": "delay", "seconds": 1}));

@@ -110,10 +110,7 @@ async fn template_annotations(
 }
 
 fn names(workloads: &[rotor::k8s::rollout::Workload]) -> Vec<(WorkloadKind, &str)> {
-    workloads
-        .iter()
-        .map(|w| (w.kind, w.name.as_str()))
-        .collect()
+    workloads.iter().map(|w| (w.kind, w.name.as_str())).collect()
 }
 
 #[tokio::test]
@@ -305,10 +302,7 @@ async fn consumers_are_discovered_and_rolled_once() {
         .flatten()
         .filter_map(|m| m.manager.as_deref())
         .collect();
-    assert!(
-        managers.contains(&field_manager(&key).as_str()),
-        "{managers:?}"
-    );
+    assert!(managers.contains(&field_manager(&key).as_str()), "{managers:?}");
 
     // The same version again changes nothing, and the cache sees the value.
     roll(&client, ns, Deploy, "env-ref", &key, "v2")
@@ -337,12 +331,8 @@ async fn consumers_are_discovered_and_rolled_once() {
     // A second Secret's annotation on the same workload leaves the first alone,
     // and a new version of the first leaves the second alone.
     let key2 = annotation_key("another-secret");
-    roll(&client, ns, Deploy, "env-ref", &key2, "w1")
-        .await
-        .unwrap();
-    roll(&client, ns, Deploy, "env-ref", &key, "v3")
-        .await
-        .unwrap();
+    roll(&client, ns, Deploy, "env-ref", &key2, "w1").await.unwrap();
+    roll(&client, ns, Deploy, "env-ref", &key, "v3").await.unwrap();
     let annotations = template_annotations(&client, ns, Deploy, "env-ref").await;
     assert_eq!(annotations.get(&key).map(String::as_str), Some("v3"));
     assert_eq!(annotations.get(&key2).map(String::as_str), Some("w1"));
@@ -385,22 +375,11 @@ async fn consumers_are_discovered_and_rolled_once() {
         }
     }
     assert!(deployments.get_opt("other-secret").await.unwrap().is_none());
-    assert!(
-        deployments
-            .get_opt("never-existed")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(deployments.get_opt("never-existed").await.unwrap().is_none());
     eventually(
         "the cache drops the deleted workload",
         Duration::from_secs(10),
-        || async {
-            workloads
-                .get(ns, Deploy, "other-secret")
-                .is_none()
-                .then_some(())
-        },
+        || async { workloads.get(ns, Deploy, "other-secret").is_none().then_some(()) },
     )
     .await;
 

@@ -14,9 +14,7 @@ const DB_JSON: &str =
 #[tokio::test]
 async fn json_secret_is_mirrored_with_status_and_events() {
     let mut env = Env::new().await;
-    let arn = env
-        .create_aws_secret("db", DB_JSON, Some(&env.owner("db")))
-        .await;
+    let arn = env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
     env.start_rotor(&[]);
     env.apply_rs(
         "db",
@@ -61,10 +59,7 @@ async fn json_secret_is_mirrored_with_status_and_events() {
     .await;
 
     // Deleted by someone: recreated from AWS.
-    env.secret_api()
-        .delete("db", &Default::default())
-        .await
-        .unwrap();
+    env.secret_api().delete("db", &Default::default()).await.unwrap();
     eventually("Secret recreated", Duration::from_secs(20), || async {
         env.secret_data("db")
             .await
@@ -95,8 +90,7 @@ async fn plain_string_lands_under_value_with_target_options() {
         }),
     )
     .await;
-    env.wait_condition("api-token", "Ready", "True", "Ready")
-        .await;
+    env.wait_condition("api-token", "Ready", "True", "Ready").await;
     let data = env.secret_data("token-secret").await.unwrap();
     assert_eq!(data.len(), 1);
     assert_eq!(data["value"], "plain-token-Hx81kq");
@@ -113,8 +107,7 @@ async fn plain_string_lands_under_value_with_target_options() {
 #[tokio::test]
 async fn template_renders_and_a_template_error_keeps_the_last_good_secret() {
     let mut env = Env::new().await;
-    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db")))
-        .await;
+    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
     env.start_rotor(&[]);
     let spec = |template: &str| {
         json!({
@@ -138,48 +131,30 @@ async fn template_renders_and_a_template_error_keeps_the_last_good_secret() {
 
     // A typo: an undefined variable is an error, not an empty password.
     let rs = env
-        .apply_rs(
-            "db",
-            spec("mysql://{{ username }}:{{ passwrd }}@{{ host }}"),
-        )
+        .apply_rs("db", spec("mysql://{{ username }}:{{ passwrd }}@{{ host }}"))
         .await;
     let generation = rs.metadata.generation;
     let rs = env
-        .wait_rs(
-            "db",
-            "Synced=False RenderError at the new generation",
-            |rs| {
-                condition(rs, "Synced").is_some_and(|c| {
-                    c.reason == "RenderError" && c.observed_generation == generation
-                })
-            },
-        )
+        .wait_rs("db", "Synced=False RenderError at the new generation", |rs| {
+            condition(rs, "Synced")
+                .is_some_and(|c| c.reason == "RenderError" && c.observed_generation == generation)
+        })
         .await;
     let msg = &condition(&rs, "Synced").unwrap().message;
-    assert!(
-        msg.contains("DATABASE_URL") && msg.contains("undefined"),
-        "{msg}"
-    );
+    assert!(msg.contains("DATABASE_URL") && msg.contains("undefined"), "{msg}");
     assert_eq!(condition(&rs, "Ready").unwrap().status, "False");
     assert_eq!(
         env.secret_data("db").await.unwrap()["DATABASE_URL"],
         "mysql://admin:Zq8-wVn3-secret-1@db.example:3306/app",
         "the last good Secret stays"
     );
-    eventually(
-        "a RenderError warning event",
-        Duration::from_secs(10),
-        || async {
-            env.events()
-                .await
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("RenderError")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .then_some(())
-        },
-    )
+    eventually("a RenderError warning event", Duration::from_secs(10), || async {
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RenderError") && e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+    })
     .await;
     env.assert_no_leak(&["Zq8-wVn3-secret-1"]).await;
 }
@@ -187,8 +162,7 @@ async fn template_renders_and_a_template_error_keeps_the_last_good_secret() {
 #[tokio::test]
 async fn rotation_is_followed_within_the_refresh_interval() {
     let mut env = Env::new().await;
-    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db")))
-        .await;
+    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
     env.start_rotor(&[]);
     env.apply_rs(
         "db",
@@ -207,10 +181,7 @@ async fn rotation_is_followed_within_the_refresh_interval() {
     assert_ne!(v1, v2);
     let rs = env
         .wait_rs("db", "synced to the rotated version", |rs| {
-            rs.status
-                .as_ref()
-                .and_then(|s| s.synced_version_id.as_deref())
-                == Some(v2.as_str())
+            rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(v2.as_str())
         })
         .await;
     assert_eq!(
@@ -222,10 +193,7 @@ async fn rotation_is_followed_within_the_refresh_interval() {
         "rotated-Pw-77xk"
     );
     let secret = env.secret_api().get("db").await.unwrap();
-    assert_eq!(
-        secret.metadata.annotations.unwrap()["rotor.dev/version-id"],
-        v2
-    );
+    assert_eq!(secret.metadata.annotations.unwrap()["rotor.dev/version-id"], v2);
     env.assert_no_leak(&["Zq8-wVn3-secret-1", "rotated-Pw-77xk"])
         .await;
 }
@@ -263,8 +231,7 @@ async fn a_secret_owned_by_another_object_is_refused() {
 #[tokio::test]
 async fn an_existing_secret_not_owned_by_rotor_is_never_overwritten() {
     let mut env = Env::new().await;
-    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db")))
-        .await;
+    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
     let theirs: Secret = serde_json::from_value(json!({
         "metadata": {"name": "db"}, "stringData": {"password": "theirs"},
     }))
@@ -274,20 +241,12 @@ async fn an_existing_secret_not_owned_by_rotor_is_never_overwritten() {
         .await
         .unwrap();
     env.start_rotor(&[]);
-    env.apply_rs(
-        "db",
-        json!({"secretsManager": {"name": env.aws_name("db")}}),
-    )
-    .await;
+    env.apply_rs("db", json!({"secretsManager": {"name": env.aws_name("db")}}))
+        .await;
     let rs = env
         .wait_condition("db", "Synced", "False", "SecretConflict")
         .await;
-    assert!(
-        condition(&rs, "Synced")
-            .unwrap()
-            .message
-            .contains("target.name")
-    );
+    assert!(condition(&rs, "Synced").unwrap().message.contains("target.name"));
     let data = env.secret_data("db").await.unwrap();
     assert_eq!(data.len(), 1);
     assert_eq!(data["password"], "theirs");
@@ -316,13 +275,7 @@ async fn adoption_needs_the_flag_and_the_operator_policy() {
     .await;
     env.wait_condition("legacy", "SecretReady", "False", "AdoptionNotAllowed")
         .await;
-    let desc = env
-        .sm
-        .describe_secret()
-        .secret_id(&arn)
-        .send()
-        .await
-        .unwrap();
+    let desc = env.sm.describe_secret().secret_id(&arn).send().await.unwrap();
     assert!(desc.tags().is_empty(), "not tagged while refused");
     assert!(env.secret_data("legacy").await.is_none());
 
@@ -330,30 +283,20 @@ async fn adoption_needs_the_flag_and_the_operator_policy() {
     let ns = env.ns.clone();
     env.start_rotor(&["--adoption-namespaces", &format!("other,{ns}")]);
     env.wait_condition("legacy", "Ready", "True", "Ready").await;
-    let desc = env
-        .sm
-        .describe_secret()
-        .secret_id(&arn)
-        .send()
-        .await
-        .unwrap();
+    let desc = env.sm.describe_secret().secret_id(&arn).send().await.unwrap();
     let owner = desc
         .tags()
         .iter()
         .find(|t| t.key() == Some("rotor.dev/owner"))
         .unwrap();
     assert_eq!(owner.value(), Some(env.owner("legacy").as_str()));
-    assert_eq!(
-        env.secret_data("legacy").await.unwrap()["username"],
-        "admin"
-    );
+    assert_eq!(env.secret_data("legacy").await.unwrap()["username"], "admin");
 }
 
 #[tokio::test]
 async fn aws_unreachable_keeps_the_existing_secret() {
     let mut env = Env::new().await;
-    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db")))
-        .await;
+    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
     env.start_rotor(&[]);
     env.apply_rs(
         "db",
@@ -411,15 +354,10 @@ async fn invalid_spec_is_a_condition_that_says_how_to_fix_it() {
                "rollout": {"mode": "Explicit"}}),
     )
     .await;
-    let rs = env
-        .wait_condition("bad", "Ready", "False", "InvalidSpec")
-        .await;
+    let rs = env.wait_condition("bad", "Ready", "False", "InvalidSpec").await;
     let msg = &condition(&rs, "Ready").unwrap().message;
-    assert!(
-        msg.contains("kmsKey") && msg.contains("rollout.targets"),
-        "{msg}"
-    );
-    // Fixing the spec clears it (the AWS secret does not exist: a new, clear reason).
+    assert!(msg.contains("kmsKey") && msg.contains("rollout.targets"), "{msg}");
+    // Fixing the spec clears it: rotor creates the secret, which has no value yet.
     let _ = env
         .rs_api()
         .patch(
@@ -430,6 +368,9 @@ async fn invalid_spec_is_a_condition_that_says_how_to_fix_it() {
         )
         .await
         .unwrap();
-    env.wait_condition("bad", "SecretReady", "False", "SecretNotFound")
+    env.wait_condition("bad", "SecretReady", "True", "Ready").await;
+    let rs = env
+        .wait_condition("bad", "Synced", "False", "NoCurrentVersion")
         .await;
+    assert!(condition(&rs, "Synced").unwrap().message.contains("initialValue"));
 }

@@ -1,4 +1,13 @@
 //! The RotatedSecret controller: reconcile, error policy and wiring.
+//!
+//! A reconcile walks the stages in order — spec, KMS key, AWS secret,
+//! rotation, mirror — and records each stage's outcome in its condition.
+//! Every step is idempotent: interrupted anywhere, the next reconcile
+//! converges without duplicates.
+
+mod cleanup;
+mod provision;
+mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,16 +24,19 @@ use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, refl
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::api::conditions::{self, Condition};
 use crate::api::{RotatedSecret, RotatedSecretStatus, duration, validate};
 use crate::aws::Aws;
-use crate::aws::secrets::Description;
 use crate::config::{AdoptionPolicy, RunArgs};
-use crate::k8s::{FIELD_MANAGER, mirror};
+use crate::k8s::mirror;
 use crate::telemetry::{Metrics, Readiness};
 use crate::{Error, Result};
+
+/// Guards AWS-side cleanup; present only while there is some to do.
+pub const FINALIZER: &str = "rotor.dev/cleanup";
 
 const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -40,8 +52,14 @@ pub struct Context {
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub min_refresh: Duration,
+    pub drift_interval: Duration,
+    pub cleanup_timeout: Duration,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RotatedSecret>, u32>>,
+    /// Generation and time of the last full convergence per object: AWS
+    /// settings are re-checked on spec changes and every `drift_interval`,
+    /// not on every refresh.
+    converged: Mutex<HashMap<ObjectRef<RotatedSecret>, Converged>>,
 }
 
 impl Context {
@@ -59,30 +77,145 @@ impl Context {
             .unwrap_or(DEFAULT_REFRESH)
             .max(self.min_refresh)
     }
+
+    fn needs_converge(&self, rs: &RotatedSecret) -> bool {
+        let converged = self.converged.lock().expect("converged lock");
+        match converged.get(&ObjectRef::from(rs)) {
+            Some((generation, at)) => {
+                *generation != rs.metadata.generation || at.elapsed() >= self.drift_interval
+            }
+            None => true,
+        }
+    }
+
+    fn mark_converged(&self, rs: &RotatedSecret) {
+        self.converged
+            .lock()
+            .expect("converged lock")
+            .insert(ObjectRef::from(rs), (rs.metadata.generation, Instant::now()));
+    }
+
+    fn forget(&self, rs: &RotatedSecret) {
+        let key = ObjectRef::from(rs);
+        self.converged.lock().expect("converged lock").remove(&key);
+        self.failures.lock().expect("backoff lock").remove(&key);
+    }
+}
+
+/// The generation last converged and when.
+type Converged = (Option<i64>, Instant);
+
+/// A ClientRequestToken (UUID-shaped, as AWS wants) derived from the
+/// object's uid and a purpose, so a retried write is recognised by AWS as
+/// the same request and never creates a second version or rotation.
+pub fn request_token(rs: &RotatedSecret, purpose: &str) -> String {
+    let digest = Sha256::digest(format!("{}/{purpose}", rs.uid().unwrap_or_default()));
+    let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Which status condition a failure belongs to.
-#[derive(Clone, Copy)]
-enum Stage {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
     Spec,
+    Kms,
     Secret,
+    Rotation,
     Sync,
+    Cleanup,
 }
 
 impl Stage {
     fn condition(self) -> &'static str {
         match self {
-            Stage::Spec => conditions::READY,
+            Stage::Spec | Stage::Cleanup => conditions::READY,
+            Stage::Kms => conditions::KMS_KEY_READY,
             Stage::Secret => conditions::SECRET_READY,
+            Stage::Rotation => conditions::ROTATION_CONFIGURED,
             Stage::Sync => conditions::SYNCED,
         }
     }
 }
 
+/// What a reconcile is working on: the object, the status being built, and
+/// the time stamp used for its conditions.
+pub struct Run<'a> {
+    pub rs: &'a RotatedSecret,
+    pub ctx: &'a Context,
+    pub status: RotatedSecretStatus,
+    pub now: String,
+    /// The status as last written (or as read), to send only changes.
+    saved: RotatedSecretStatus,
+    /// The finalizer was added during this run (the cached object lags).
+    finalizer: bool,
+}
+
+impl Run<'_> {
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        conditions::upsert(
+            &mut self.status.conditions,
+            Condition::new(type_, ok, reason, message),
+            self.rs.metadata.generation,
+            &self.now,
+        );
+    }
+
+    pub async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        publish(self.ctx, self.rs, type_, reason, action, note).await;
+    }
+
+    /// Writes what changed in the status since the last save: used at the
+    /// end, and mid-reconcile right after an AWS write whose result must
+    /// survive a crash before the reconcile ends.
+    pub async fn save(&mut self) -> Result<()> {
+        if self.status != self.saved {
+            patch_status(self.ctx, self.rs, &self.saved, &self.status)
+                .await
+                .map_err(Error::Kube)?;
+            self.saved = self.status.clone();
+        }
+        Ok(())
+    }
+
+    /// Adds the cleanup finalizer before the first AWS write that leaves
+    /// something to clean up.
+    pub async fn ensure_finalizer(&mut self) -> Result<()> {
+        if self.finalizer || self.rs.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let mut finalizers = self.rs.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        set_finalizers(self.ctx, self.rs, finalizers).await?;
+        self.finalizer = true;
+        Ok(())
+    }
+}
+
+/// Replaces the finalizer list, guarded by resourceVersion so a concurrent
+/// change by someone else fails (and is retried) instead of being lost.
+async fn set_finalizers(ctx: &Context, rs: &RotatedSecret, finalizers: Vec<String>) -> Result<()> {
+    let api: Api<RotatedSecret> = Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"resourceVersion": rs.resource_version(), "finalizers": finalizers}});
+    api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
 #[tracing::instrument(skip(rs, ctx), fields(namespace = rs.namespace(), name = %rs.name_any()))]
 async fn reconcile(rs: Arc<RotatedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let start = Instant::now();
-    let res = apply(&rs, &ctx).await;
+    let res = if rs.metadata.deletion_timestamp.is_some() {
+        cleanup::cleanup(&rs, &ctx).await
+    } else {
+        apply(&rs, &ctx).await
+    };
     ctx.metrics
         .reconciled(start.elapsed(), res.as_ref().err().map(Error::category));
     if res.is_ok() {
@@ -120,34 +253,37 @@ fn backoff(attempts: u32) -> Duration {
 /// transient ones are returned so that `error_policy` backs off.
 async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     let old_status = rs.status.clone().unwrap_or_default();
-    let mut status = old_status.clone();
-    let generation = rs.metadata.generation;
-    let now = Timestamp::now().to_string();
+    let mut run = Run {
+        rs,
+        ctx,
+        status: old_status.clone(),
+        now: Timestamp::now().to_string(),
+        saved: old_status,
+        finalizer: false,
+    };
 
-    let outcome = sync(rs, ctx, &mut status).await;
+    let outcome = stages(&mut run).await;
     if let Err((stage, err)) = &outcome {
-        conditions::upsert(
-            &mut status.conditions,
-            Condition::new(stage.condition(), false, err.reason(), err.to_string()),
-            generation,
-            &now,
-        );
+        run.set(stage.condition(), false, err.reason(), err.to_string());
     }
     let ready = match &outcome {
         Ok(()) => Condition::new(
             conditions::READY,
             true,
             "Ready",
-            "AWS secret found and Secret in sync",
+            "AWS secret converged and Secret in sync",
         ),
         Err((_, err)) => Condition::new(conditions::READY, false, err.reason(), err.to_string()),
     };
-    conditions::upsert(&mut status.conditions, ready, generation, &now);
-    status.observed_generation = generation;
+    conditions::upsert(
+        &mut run.status.conditions,
+        ready,
+        rs.metadata.generation,
+        &run.now,
+    );
+    run.status.observed_generation = rs.metadata.generation;
 
-    if status != old_status {
-        patch_status(ctx, rs, &status).await.map_err(Error::Kube)?;
-    }
+    run.save().await?;
 
     match outcome {
         Ok(()) => Ok(Action::requeue(ctx.refresh_interval(rs))),
@@ -171,236 +307,71 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     }
 }
 
-async fn sync(
-    rs: &RotatedSecret,
-    ctx: &Context,
-    status: &mut RotatedSecretStatus,
-) -> Result<(), (Stage, Error)> {
-    let generation = rs.metadata.generation;
-    let now = Timestamp::now().to_string();
-
+async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
+    let rs = run.rs;
     validate::validate(&rs.spec).map_err(|p| (Stage::Spec, Error::InvalidSpec(p)))?;
+    let converge = run.ctx.needs_converge(rs);
 
-    let desc = ensure_secret(rs, ctx)
+    let key = if converge {
+        provision::ensure_key(run).await.map_err(|e| (Stage::Kms, e))?
+    } else {
+        None
+    };
+    let desc = provision::ensure_secret(run, key.as_ref(), converge)
         .await
         .map_err(|e| (Stage::Secret, e))?;
-    status.arn = Some(desc.arn.clone());
-    status.current_version_id = desc.current_version.clone();
-    status.rotation_enabled = Some(desc.rotation_enabled);
-    status.last_rotated_date = desc.last_rotated.clone();
-    status.next_rotation_date = desc.next_rotation.clone();
-    conditions::upsert(
-        &mut status.conditions,
-        Condition::new(
-            conditions::SECRET_READY,
-            true,
-            "Available",
-            "AWS secret exists and is owned by this object",
-        ),
-        generation,
-        &now,
-    );
-
-    let synced = sync_secret(rs, ctx, &desc)
+    if converge {
+        provision::ensure_rotation(run, &desc)
+            .await
+            .map_err(|e| (Stage::Rotation, e))?;
+    }
+    provision::rotate_now(run, &desc)
+        .await
+        .map_err(|e| (Stage::Rotation, e))?;
+    sync::sync_secret(run, &desc)
         .await
         .map_err(|e| (Stage::Sync, e))?;
-    if status.synced_version_id.as_deref() != Some(synced.version_id.as_str()) || synced.written {
-        status.last_sync_time = Some(now.clone());
+    if converge {
+        run.ctx.mark_converged(rs);
     }
-    status.synced_version_id = Some(synced.version_id.clone());
-    if synced.version_id != desc.current_version.clone().unwrap_or_default() {
-        // AWSCURRENT moved between describe and read: the read is newer.
-        status.current_version_id = Some(synced.version_id.clone());
-    }
-    conditions::upsert(
-        &mut status.conditions,
-        Condition::new(
-            conditions::SYNCED,
-            true,
-            "Synced",
-            format!(
-                "Secret {} holds version {}",
-                rs.target_name(),
-                synced.version_id
-            ),
-        ),
-        generation,
-        &now,
-    );
     Ok(())
 }
 
-/// Finds the AWS secret and enforces the ownership rule: only a secret whose
-/// owner tag names this object (or an untagged one being adopted) is used.
-async fn ensure_secret(rs: &RotatedSecret, ctx: &Context) -> Result<Description> {
-    let sm = &rs.spec.secrets_manager;
-    let rc = ctx.aws.region(sm.region.as_deref());
-    let Some(desc) = ctx.aws.describe_secret(&rc, &sm.name).await? else {
-        return Err(Error::Refused {
-            reason: "SecretNotFound",
-            message: format!(
-                "AWS secret {:?} does not exist in region {}; create it, or check secretsManager.name and region",
-                sm.name, rc.region
-            ),
-        });
-    };
-    if desc.deleted {
-        return Err(Error::Refused {
-            reason: "SecretScheduledForDeletion",
-            message: format!(
-                "AWS secret {:?} is scheduled for deletion; restore it (aws secretsmanager restore-secret) to use it",
-                sm.name
-            ),
-        });
-    }
-    if let Some(pinned) = rs.status.as_ref().and_then(|s| s.arn.as_deref())
-        && pinned != desc.arn
-    {
-        return Err(Error::Refused {
-            reason: "SecretIdentityChanged",
-            message: format!(
-                "this object manages {pinned} but {:?} now resolves to {}: secretsManager.name and region are \
-                 immutable; restore them, or delete and re-create the RotatedSecret",
-                sm.name, desc.arn
-            ),
-        });
-    }
-
-    let me = ctx.owner_tag_value(rs);
-    match desc.owner() {
-        Some(owner) if owner == me => Ok(desc),
-        Some(owner) => Err(Error::Refused {
-            reason: "OwnedByAnother",
-            message: format!(
-                "AWS secret {:?} is owned by {owner:?} (tag {}); rotor will not read or change it for {me:?}",
-                sm.name,
-                crate::api::OWNER_TAG
-            ),
-        }),
-        None if !sm.adopt => Err(Error::Refused {
-            reason: "AdoptionRequired",
-            message: format!(
-                "AWS secret {:?} exists but has no {} tag; set spec.secretsManager.adopt: true to take it over",
-                sm.name,
-                crate::api::OWNER_TAG
-            ),
-        }),
-        None if !ctx.adoption.allows(&rs.namespace().unwrap_or_default()) => Err(Error::Refused {
-            reason: "AdoptionNotAllowed",
-            message: format!(
-                "AWS secret {:?} has no owner tag and adoption is not allowed in namespace {:?}; \
-                 the operator must list it in --adoption-namespaces",
-                sm.name,
-                rs.namespace().unwrap_or_default()
-            ),
-        }),
-        None => {
-            ctx.aws
-                .tag_secret(&rc, &desc.arn, crate::api::OWNER_TAG, &me)
-                .await?;
-            info!(arn = %desc.arn, "adopted AWS secret");
-            publish(
-                ctx,
-                rs,
-                EventType::Normal,
-                "Adopted",
-                "Adopt",
-                format!(
-                    "Adopted AWS secret {} (tagged {}={me})",
-                    desc.arn,
-                    crate::api::OWNER_TAG
-                ),
-            )
-            .await;
-            let mut desc = desc;
-            desc.tags.insert(crate::api::OWNER_TAG.to_owned(), me);
-            Ok(desc)
-        }
-    }
-}
-
-struct Synced {
-    version_id: String,
-    written: bool,
-}
-
-/// Mirrors AWSCURRENT into the target Secret, reading the value only when the
-/// Secret does not already hold this version rendered from this generation.
-async fn sync_secret(rs: &RotatedSecret, ctx: &Context, desc: &Description) -> Result<Synced> {
-    let ns = rs.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = rs.target_name();
-    let existing = mirror::get(&api, name).await?;
-    if let Some(existing) = &existing {
-        if !mirror::is_controlled_by(existing, rs) {
-            return Err(Error::Refused {
-                reason: "SecretConflict",
-                message: format!(
-                    "Secret {ns}/{name} exists and is not owned by this RotatedSecret; rotor will not overwrite it. \
-                     Delete it or set spec.target.name to another name"
-                ),
-            });
-        }
-        let generation = rs.metadata.generation.unwrap_or_default().to_string();
-        if let Some(current) = desc.current_version.as_deref()
-            && mirror::written_for(existing) == (Some(current), Some(generation.as_str()))
-        {
-            return Ok(Synced {
-                version_id: current.to_owned(),
-                written: false,
-            });
-        }
-    }
-    if desc.current_version.is_none() {
-        return Err(Error::Refused {
-            reason: "NoCurrentVersion",
-            message: format!(
-                "AWS secret {:?} has no AWSCURRENT version yet",
-                rs.spec.secrets_manager.name
-            ),
-        });
-    }
-
-    let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
-    let value = ctx.aws.current_value(&rc, &desc.arn).await?;
-    let data = mirror::render(&rs.spec.target, &value)?;
-    mirror::apply(&api, rs, &value.version_id, &data).await?;
-    ctx.metrics.secret_written();
-    info!(secret = name, version_id = %value.version_id, "Secret written");
-    publish(
-        ctx,
-        rs,
-        EventType::Normal,
-        "Synced",
-        "Sync",
-        format!("Secret {name} now holds AWS version {}", value.version_id),
-    )
-    .await;
-    Ok(Synced {
-        version_id: value.version_id,
-        written: true,
-    })
-}
-
+/// Sends only the status fields that changed, as a JSON merge patch: the
+/// object a reconcile starts from can lag behind rotor's own last write, and
+/// a full replace would then roll back fields this reconcile did not touch.
 async fn patch_status(
     ctx: &Context,
     rs: &RotatedSecret,
-    status: &RotatedSecretStatus,
+    old: &RotatedSecretStatus,
+    new: &RotatedSecretStatus,
 ) -> kube::Result<()> {
-    let api: Api<RotatedSecret> =
-        Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": RotatedSecret::api_version(&()),
-        "kind": RotatedSecret::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &rs.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
+    let api: Api<RotatedSecret> = Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+    let patch = json!({ "status": merge_diff(old, new) });
+    api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+}
+
+/// Top-level fields of `new` that differ from `old`; removed ones as null.
+fn merge_diff(old: &RotatedSecretStatus, new: &RotatedSecretStatus) -> serde_json::Value {
+    let to_map = |s: &RotatedSecretStatus| match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (to_map(old), to_map(new));
+    let mut diff = serde_json::Map::new();
+    for (k, v) in &new {
+        if old.get(k) != Some(v) {
+            diff.insert(k.clone(), v.clone());
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            diff.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
+    serde_json::Value::Object(diff)
 }
 
 /// Publishes an Event; failing to publish is logged, never fails a reconcile.
@@ -437,15 +408,11 @@ async fn publish(
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(
-    args: RunArgs,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-) -> Result<(), String> {
+pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes client configuration: {e}"))?;
-    let aws = Aws::from_env(metrics.clone()).await?;
+    let aws = Aws::from_env(args.aws_write_rate, metrics.clone()).await?;
     info!(region = aws.default_region(), cluster = %args.cluster_name, "starting rotor");
     let reporter = Reporter {
         controller: "rotor".into(),
@@ -461,7 +428,10 @@ pub async fn run(
         reporter,
         metrics,
         min_refresh: args.min_refresh_interval,
+        drift_interval: args.drift_interval,
+        cleanup_timeout: args.cleanup_timeout,
         failures: Mutex::default(),
+        converged: Mutex::default(),
     });
 
     // One controller per watched namespace (or one for all): the API has no
@@ -474,14 +444,13 @@ pub async fn run(
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
-        let (rs_api, secret_api): (Api<RotatedSecret>, Api<PartialObjectMeta<Secret>>) =
-            match &scope {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-                None => (Api::all(client.clone()), Api::all(client.clone())),
-            };
+        let (rs_api, secret_api): (Api<RotatedSecret>, Api<PartialObjectMeta<Secret>>) = match &scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
         // Metadata only, and only rotor's Secrets: no other Secret's data is
         // ever held in memory.
         let owned = watcher(
@@ -545,5 +514,35 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(4));
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(40), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn status_diff_sends_only_changes() {
+        let old = RotatedSecretStatus {
+            arn: Some("a".into()),
+            last_sync_time: Some("t".into()),
+            kms_key_arn: Some("k".into()),
+            ..Default::default()
+        };
+        let new = RotatedSecretStatus {
+            arn: Some("a".into()),
+            last_sync_time: Some("t2".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge_diff(&old, &new),
+            json!({"lastSyncTime": "t2", "kmsKeyArn": null})
+        );
+        assert_eq!(merge_diff(&new, &new), json!({}));
+    }
+
+    #[test]
+    fn request_tokens_are_stable_uuids() {
+        let mut rs = RotatedSecret::new("a", serde_yaml::from_str("secretsManager: {name: x}").unwrap());
+        rs.metadata.uid = Some("1234".into());
+        let t = request_token(&rs, "create");
+        assert_eq!(t.len(), 36);
+        assert_eq!(t, request_token(&rs, "create"));
+        assert_ne!(t, request_token(&rs, "rotate-now:x"));
     }
 }

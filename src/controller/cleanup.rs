@@ -1,0 +1,187 @@
+//! Deleting a RotatedSecret: honour `deletionPolicy` in AWS, then let the
+//! object go. "Already gone" counts as done, and an AWS outage never holds
+//! the object forever: after `--cleanup-timeout` rotor warns and lets go.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use super::{Context, FINALIZER, publish, set_finalizers};
+use crate::api::{DeletionPolicy, OWNER_TAG, RotatedSecret};
+use crate::aws::RegionClients;
+use crate::aws::secrets::Description;
+use crate::{Error, Result};
+
+const DEFAULT_RECOVERY_DAYS: i64 = 30;
+const KEY_PENDING_DAYS: i32 = 30;
+
+pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
+    if !rs.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.forget(rs);
+        return Ok(Action::await_change());
+    }
+    match release(rs, ctx).await {
+        Ok(()) => {}
+        Err(err) => {
+            let since = rs
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| Timestamp::now().duration_since(t.0).as_secs())
+                .unwrap_or_default();
+            if since < ctx.cleanup_timeout.as_secs() as i64 {
+                publish(
+                    ctx,
+                    rs,
+                    EventType::Warning,
+                    "CleanupFailed",
+                    "Cleanup",
+                    format!("AWS cleanup failed, will retry: {err}"),
+                )
+                .await;
+                return Err(err);
+            }
+            warn!(error = %err, "giving up AWS cleanup");
+            publish(
+                ctx,
+                rs,
+                EventType::Warning,
+                "CleanupAbandoned",
+                "Cleanup",
+                format!(
+                    "AWS cleanup still failing after {}s; releasing the object. Clean up {} by hand: {err}",
+                    ctx.cleanup_timeout.as_secs(),
+                    rs.status
+                        .as_ref()
+                        .and_then(|s| s.arn.as_deref())
+                        .unwrap_or("the AWS secret")
+                ),
+            )
+            .await;
+        }
+    }
+    let finalizers = rs
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(ctx, rs, finalizers).await?;
+    ctx.forget(rs);
+    Ok(Action::await_change())
+}
+
+async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
+    let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) else {
+        return Ok(());
+    };
+    let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
+    let Some(desc) = ctx.aws.describe_secret(&rc, &arn).await? else {
+        return Ok(());
+    };
+    let me = ctx.owner_tag_value(rs);
+    if desc.owner() != Some(me.as_str()) {
+        info!(%arn, "AWS secret no longer owned by this object; leaving it");
+        return Ok(());
+    }
+    match rs.spec.secrets_manager.deletion_policy {
+        DeletionPolicy::Retain => {
+            ctx.aws.untag_secret(&rc, &arn, &[OWNER_TAG.to_owned()]).await?;
+            publish(
+                ctx,
+                rs,
+                EventType::Normal,
+                "Released",
+                "Cleanup",
+                format!(
+                    "Left AWS secret {arn} in place (deletionPolicy Retain) and removed its {OWNER_TAG} tag"
+                ),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete => {
+            if !desc.deleted {
+                let regions: Vec<String> = desc.replicas.keys().cloned().collect();
+                if !regions.is_empty() {
+                    ctx.aws.remove_replicas(&rc, &arn, &regions).await?;
+                }
+                let days = rs
+                    .spec
+                    .secrets_manager
+                    .recovery_window_in_days
+                    .unwrap_or(DEFAULT_RECOVERY_DAYS);
+                ctx.aws.delete_secret(&rc, &arn, days).await?;
+                publish(
+                    ctx,
+                    rs,
+                    EventType::Normal,
+                    "Deleted",
+                    "Cleanup",
+                    if days == 0 {
+                        format!("Deleted AWS secret {arn} without recovery")
+                    } else {
+                        format!("Scheduled AWS secret {arn} for deletion in {days} days")
+                    },
+                )
+                .await;
+            }
+            release_key(rs, ctx, &rc, &desc, &me).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Schedules the key for deletion only if this object created it and no
+/// other managed secret still uses it.
+async fn release_key(
+    rs: &RotatedSecret,
+    ctx: &Context,
+    rc: &RegionClients,
+    desc: &Description,
+    me: &str,
+) -> Result<(), Error> {
+    let Some(spec) = rs.spec.secrets_manager.kms_key.as_ref().filter(|k| k.create) else {
+        return Ok(());
+    };
+    let Some(key_arn) = rs.status.as_ref().and_then(|s| s.kms_key_arn.as_deref()) else {
+        return Ok(());
+    };
+    let Some(key) = ctx.aws.describe_key(rc, key_arn).await? else {
+        return Ok(());
+    };
+    if key.state == "PendingDeletion" || ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() != Some(me) {
+        return Ok(());
+    }
+    let alias = spec.alias.as_deref();
+    let in_use = ctx.aws.list_owned(rc).await?.into_iter().any(|s| {
+        s.arn != desc.arn
+            && s.kms_key_id
+                .as_deref()
+                .is_some_and(|k| k == key.arn || k == key.key_id || Some(k) == alias)
+    });
+    if in_use {
+        info!(key = %key.arn, "KMS key still used by another managed secret; keeping it");
+        return Ok(());
+    }
+    if let Some(alias) = alias {
+        ctx.aws.delete_alias(rc, alias).await?;
+    }
+    ctx.aws
+        .schedule_key_deletion(rc, &key.key_id, KEY_PENDING_DAYS)
+        .await?;
+    publish(
+        ctx,
+        rs,
+        EventType::Normal,
+        "KmsKeyDeleted",
+        "Cleanup",
+        format!(
+            "Scheduled KMS key {} for deletion in {KEY_PENDING_DAYS} days",
+            key.arn
+        ),
+    )
+    .await;
+    Ok(())
+}

@@ -1,0 +1,583 @@
+//! The AWS stages: KMS key, the secret (create, restore, adopt, converge),
+//! rotation configuration and rotate-now.
+//!
+//! Each write is preceded by a read that shows it is needed, so an unchanged
+//! object costs no AWS writes, and each is safe to repeat after a crash.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use tracing::info;
+
+use super::{Run, request_token};
+use crate::api::{OWNER_TAG, ROTATE_NOW_ANNOTATION, conditions};
+use crate::aws::kms::KeyInfo;
+use crate::aws::secrets::{Description, NewSecret, RotationRequest};
+use crate::aws::{RegionClients, initial};
+use crate::{Error, Result};
+
+/// The AWS-managed key, for switching back when `kmsKey` is removed.
+const AWS_MANAGED_KEY: &str = "alias/aws/secretsmanager";
+/// How long a rotation may keep AWSPENDING on another version when the spec
+/// sets no window (AWS's default window ends with the UTC day).
+const DEFAULT_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn region(run: &Run<'_>) -> RegionClients {
+    run.ctx.aws.region(run.rs.spec.secrets_manager.region.as_deref())
+}
+
+fn refused(reason: &'static str, message: String) -> Error {
+    Error::Refused { reason, message }
+}
+
+/// Resolves (and with `create: true`, creates) the customer-managed key.
+pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
+    let rs = run.rs;
+    let spec = rs
+        .spec
+        .secrets_manager
+        .kms_key
+        .as_ref()
+        .filter(|k| k.id.is_some() || k.alias.is_some());
+    let Some(spec) = spec else {
+        run.status.kms_key_arn = None;
+        run.set(
+            conditions::KMS_KEY_READY,
+            true,
+            "AwsManagedKey",
+            "the secret uses the AWS-managed key",
+        );
+        return Ok(None);
+    };
+    let rc = region(run);
+    let aws = &run.ctx.aws;
+    let (lookup, alias) = match (&spec.id, &spec.alias) {
+        (Some(id), _) => (id.as_str(), None),
+        (None, Some(alias)) => (alias.as_str(), Some(alias.as_str())),
+        (None, None) => unreachable!("filtered above"),
+    };
+
+    let key = match aws.describe_key(&rc, lookup).await? {
+        Some(key) => key,
+        None if !spec.create || alias.is_none() => {
+            return Err(refused(
+                "KmsKeyNotFound",
+                format!(
+                    "KMS key {lookup:?} does not exist in region {}; fix secretsManager.kmsKey, or set create: true \
+                     with an alias to have rotor create it",
+                    rc.region
+                ),
+            ));
+        }
+        None => create_key(run, &rc, alias.expect("checked above")).await?,
+    };
+    if let Some(problem) = key.unusable_reason() {
+        return Err(refused("KmsKeyUnusable", problem));
+    }
+    run.status.kms_key_arn = Some(key.arn.clone());
+    run.set(
+        conditions::KMS_KEY_READY,
+        true,
+        "Ready",
+        format!("using KMS key {}", key.arn),
+    );
+    Ok(Some(key))
+}
+
+/// Creates a key and its alias. The key's ARN is saved in status before the
+/// alias is made, so a crash in between reuses that key instead of making a
+/// second one; losing a race for the alias adopts the winner's key and
+/// schedules ours for deletion.
+async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Result<KeyInfo> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let me = ctx.owner_tag_value(rs);
+    let mut reusable = None;
+    if let Some(arn) = run.status.kms_key_arn.clone()
+        && let Some(key) = ctx.aws.describe_key(rc, &arn).await?
+        && key.unusable_reason().is_none()
+        && ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() == Some(me.as_str())
+    {
+        reusable = Some(key);
+    }
+    let key = match reusable {
+        Some(key) => key,
+        None => {
+            run.ensure_finalizer().await?;
+            let key = ctx
+                .aws
+                .create_key(rc, &format!("rotor: {alias} (created for {me})"), &me)
+                .await?;
+            run.status.kms_key_arn = Some(key.arn.clone());
+            run.save().await?;
+            info!(key = %key.arn, alias, "created KMS key");
+            run.event(
+                EventType::Normal,
+                "KmsKeyCreated",
+                "CreateKey",
+                format!(
+                    "Created KMS key {} for {alias}; a customer-managed key is billed monthly, share it",
+                    key.arn
+                ),
+            )
+            .await;
+            key
+        }
+    };
+    if ctx.aws.create_alias(rc, alias, &key.key_id).await? {
+        return Ok(key);
+    }
+    let winner = ctx.aws.describe_key(rc, alias).await?.ok_or_else(|| {
+        refused(
+            "KmsKeyNotFound",
+            format!("KMS alias {alias} exists but cannot be resolved; retry"),
+        )
+    })?;
+    if winner.key_id != key.key_id {
+        info!(ours = %key.arn, winner = %winner.arn, "lost the alias race; deleting our key");
+        ctx.aws.schedule_key_deletion(rc, &key.key_id, 7).await?;
+    }
+    Ok(winner)
+}
+
+/// The secret name and region a pinned ARN refers to.
+fn arn_name_region(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.splitn(7, ':');
+    let region = parts.nth(3)?;
+    let name_suffix = parts.nth(2)?;
+    // Secrets Manager appends "-" and six random characters to the name.
+    let name = name_suffix.get(..name_suffix.len().checked_sub(7)?)?;
+    Some((name, region))
+}
+
+/// Finds, creates or restores the secret, enforces ownership, and (when
+/// `converge`) brings description, key, tags, policy and replicas in line.
+pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>, converge: bool) -> Result<Description> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let rc = region(run);
+
+    if let Some(pinned) = run.status.arn.as_deref()
+        && let Some((name, region)) = arn_name_region(pinned)
+        && (name != sm.name || region != rc.region)
+    {
+        return Err(refused(
+            "ImmutableField",
+            format!(
+                "this object manages {pinned}; secretsManager.name and region cannot change. Restore them \
+                 (name {name:?}, region {region}), or create a new RotatedSecret"
+            ),
+        ));
+    }
+
+    let desc = match ctx.aws.describe_secret(&rc, &sm.name).await? {
+        Some(desc) => desc,
+        None => create_secret(run, &rc, key).await?,
+    };
+    let me = ctx.owner_tag_value(rs);
+    let desc = check_owner(run, &rc, desc, &me).await?;
+    let desc = if desc.deleted {
+        ctx.aws.restore_secret(&rc, &desc.arn).await?;
+        run.event(
+            EventType::Normal,
+            "Restored",
+            "RestoreSecret",
+            format!("Restored AWS secret {} from scheduled deletion", desc.arn),
+        )
+        .await;
+        ctx.aws.describe_secret(&rc, &desc.arn).await?.ok_or_else(|| {
+            refused(
+                "SecretNotFound",
+                format!("AWS secret {} vanished while being restored", desc.arn),
+            )
+        })?
+    } else {
+        desc
+    };
+    // An owned secret now exists: deleting the object has AWS work to do.
+    run.ensure_finalizer().await?;
+
+    run.status.arn = Some(desc.arn.clone());
+    run.status.current_version_id = desc.current_version.clone();
+    run.status.rotation_enabled = Some(desc.rotation_enabled);
+    run.status.last_rotated_date = desc.last_rotated.clone();
+    run.status.next_rotation_date = desc.next_rotation.clone();
+    if converge {
+        converge_secret(run, &rc, &desc, key).await?;
+    }
+    run.set(
+        conditions::SECRET_READY,
+        true,
+        "Ready",
+        format!("AWS secret {} exists and is owned by this object", desc.arn),
+    );
+    Ok(desc)
+}
+
+async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyInfo>) -> Result<Description> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let value = match &sm.initial_value {
+        Some(init) => initial::render(init).map_err(|message| refused("InvalidSpec", message))?,
+        None => None,
+    };
+    let mut tags = sm.tags.clone();
+    tags.insert(OWNER_TAG.to_owned(), ctx.owner_tag_value(rs));
+    let replicas: Vec<_> = sm
+        .replica_regions
+        .iter()
+        .map(|r| (r.region.clone(), r.kms_key_id.clone()))
+        .collect();
+    run.ensure_finalizer().await?;
+    let arn = ctx
+        .aws
+        .create_secret(
+            rc,
+            NewSecret {
+                name: &sm.name,
+                description: sm.description.as_deref(),
+                kms_key_id: key.map(|k| k.arn.as_str()),
+                tags: &tags,
+                value: value.as_ref(),
+                replicas: &replicas,
+                request_token: &request_token(rs, "create"),
+            },
+        )
+        .await?;
+    run.status.managed_tags = sm.tags.keys().cloned().collect();
+    info!(%arn, "created AWS secret");
+    run.event(
+        EventType::Normal,
+        "Created",
+        "CreateSecret",
+        format!("Created AWS secret {arn}"),
+    )
+    .await;
+    ctx.aws.describe_secret(rc, &arn).await?.ok_or_else(|| {
+        refused(
+            "SecretNotFound",
+            format!("AWS secret {arn} not found right after creation; retrying"),
+        )
+    })
+}
+
+/// The ownership rule: only a secret whose owner tag names this object, or
+/// an untagged one being adopted, is ever read or changed.
+async fn check_owner(
+    run: &mut Run<'_>,
+    rc: &RegionClients,
+    mut desc: Description,
+    me: &str,
+) -> Result<Description> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let ns = rs.namespace().unwrap_or_default();
+    match desc.owner() {
+        Some(owner) if owner == me => Ok(desc),
+        Some(owner) => Err(refused(
+            "OwnedByAnother",
+            format!(
+                "AWS secret {:?} is owned by {owner:?} (tag {OWNER_TAG}); rotor will not read or change it for {me:?}. \
+                 Choose another secretsManager.name",
+                sm.name
+            ),
+        )),
+        None if !sm.adopt => Err(refused(
+            "AdoptionRequired",
+            format!(
+                "AWS secret {:?} exists but has no {OWNER_TAG} tag; set spec.secretsManager.adopt: true to take it over",
+                sm.name
+            ),
+        )),
+        None if !ctx.adoption.allows(&ns) => Err(refused(
+            "AdoptionNotAllowed",
+            format!(
+                "AWS secret {:?} has no owner tag and adoption is not allowed in namespace {ns:?}; \
+                 the operator must list it in --adoption-namespaces",
+                sm.name
+            ),
+        )),
+        None => {
+            run.ensure_finalizer().await?;
+            ctx.aws.tag_secret(rc, &desc.arn, OWNER_TAG, me).await?;
+            info!(arn = %desc.arn, "adopted AWS secret");
+            run.event(
+                EventType::Normal,
+                "Adopted",
+                "Adopt",
+                format!("Adopted AWS secret {} (tagged {OWNER_TAG}={me})", desc.arn),
+            )
+            .await;
+            desc.tags.insert(OWNER_TAG.to_owned(), me.to_owned());
+            Ok(desc)
+        }
+    }
+}
+
+/// Whether the secret's KmsKeyId (an id, ARN or alias, as it was set) names `key`.
+fn same_key(current: Option<&str>, key: &KeyInfo, alias: Option<&str>) -> bool {
+    current.is_some_and(|c| c == key.arn || c == key.key_id || Some(c) == alias)
+}
+
+async fn converge_secret(
+    run: &mut Run<'_>,
+    rc: &RegionClients,
+    desc: &Description,
+    key: Option<&KeyInfo>,
+) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let aws = &ctx.aws;
+
+    // Description and key in one UpdateSecret.
+    let description = sm
+        .description
+        .as_deref()
+        .filter(|d| desc.description.as_deref() != Some(*d));
+    let alias = sm.kms_key.as_ref().and_then(|k| k.alias.as_deref());
+    let kms = match key {
+        Some(k) if !same_key(desc.kms_key_id.as_deref(), k, alias) => Some(k.arn.as_str()),
+        // kmsKey removed after rotor set one: back to the AWS-managed key.
+        None if desc.kms_key_id.as_deref().is_some_and(|c| c != AWS_MANAGED_KEY)
+            && rs
+                .status
+                .as_ref()
+                .and_then(|s| s.kms_key_arn.as_deref())
+                .is_some() =>
+        {
+            Some(AWS_MANAGED_KEY)
+        }
+        _ => None,
+    };
+    if description.is_some() || kms.is_some() {
+        aws.update_secret(rc, &desc.arn, description, kms).await?;
+    }
+
+    // Tags: set what differs, remove only keys rotor put and the spec dropped.
+    let to_set: BTreeMap<String, String> = sm
+        .tags
+        .iter()
+        .filter(|(k, v)| desc.tags.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !to_set.is_empty() {
+        aws.tag_secret_many(rc, &desc.arn, &to_set).await?;
+    }
+    let to_remove: Vec<String> = run
+        .status
+        .managed_tags
+        .iter()
+        .filter(|k| !sm.tags.contains_key(*k) && desc.tags.contains_key(*k) && k.as_str() != OWNER_TAG)
+        .cloned()
+        .collect();
+    if !to_remove.is_empty() {
+        aws.untag_secret(rc, &desc.arn, &to_remove).await?;
+    }
+    run.status.managed_tags = sm.tags.keys().cloned().collect();
+
+    // Resource policy: put when it differs; delete only one rotor put.
+    match &sm.resource_policy {
+        Some(policy) => {
+            if aws.resource_policy(rc, &desc.arn).await?.as_ref() != Some(policy) {
+                aws.put_resource_policy(rc, &desc.arn, policy).await?;
+            }
+            run.status.managed_resource_policy = true;
+        }
+        None if run.status.managed_resource_policy => {
+            aws.delete_resource_policy(rc, &desc.arn).await?;
+            run.status.managed_resource_policy = false;
+        }
+        None => {}
+    }
+
+    // Replicas, both ways.
+    let desired: BTreeMap<&str, Option<&str>> = sm
+        .replica_regions
+        .iter()
+        .map(|r| (r.region.as_str(), r.kms_key_id.as_deref()))
+        .collect();
+    let add: Vec<(String, Option<String>)> = desired
+        .iter()
+        .filter(|(r, _)| !desc.replicas.contains_key(**r))
+        .map(|(r, k)| (r.to_string(), k.map(str::to_owned)))
+        .collect();
+    if !add.is_empty() {
+        aws.add_replicas(rc, &desc.arn, &add).await?;
+    }
+    let remove: Vec<String> = desc
+        .replicas
+        .keys()
+        .filter(|r| !desired.contains_key(r.as_str()))
+        .cloned()
+        .collect();
+    if !remove.is_empty() {
+        aws.remove_replicas(rc, &desc.arn, &remove).await?;
+    }
+    Ok(())
+}
+
+/// Configures rotation only when the described configuration differs, with
+/// `RotateImmediately=false` unless the spec asks for a first rotation as
+/// rotation is first enabled: a reconcile loop can never rotate by surprise.
+pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let rc = region(run);
+    let Some(rotation) = &rs.spec.rotation else {
+        if desc.rotation_enabled && run.status.managed_rotation {
+            ctx.aws.cancel_rotation(&rc, &desc.arn).await?;
+            run.status.managed_rotation = false;
+            run.status.rotation_enabled = Some(false);
+            run.event(
+                EventType::Normal,
+                "RotationCancelled",
+                "CancelRotateSecret",
+                "spec.rotation was removed: rotation cancelled".to_owned(),
+            )
+            .await;
+        }
+        let msg = if desc.rotation_enabled {
+            "rotation is enabled in AWS but not managed by this object"
+        } else {
+            "rotation is not configured"
+        };
+        run.set(conditions::ROTATION_CONFIGURED, true, "NotConfigured", msg);
+        return Ok(());
+    };
+
+    let matches = desc.rotation_enabled
+        && desc.rotation_lambda_arn.as_deref() == Some(rotation.lambda_arn.as_str())
+        && desc.schedule_expression.as_deref() == Some(rotation.schedule.as_str())
+        && desc.rotation_window.as_deref() == rotation.window.as_deref();
+    if !matches {
+        let immediately = rotation.rotate_immediately && !desc.rotation_enabled;
+        ctx.aws
+            .rotate_secret(
+                &rc,
+                &desc.arn,
+                RotationRequest {
+                    lambda_arn: &rotation.lambda_arn,
+                    schedule: &rotation.schedule,
+                    window: rotation.window.as_deref(),
+                    rotate_immediately: immediately,
+                    request_token: &request_token(rs, "first-rotation"),
+                },
+            )
+            .await?;
+        run.status.managed_rotation = true;
+        run.status.rotation_enabled = Some(true);
+        run.event(
+            EventType::Normal,
+            "RotationConfigured",
+            "RotateSecret",
+            format!(
+                "Rotation set to {} with {}{}",
+                rotation.schedule,
+                rotation.lambda_arn,
+                if immediately {
+                    ", first rotation started"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await;
+    }
+    run.status.managed_rotation = true;
+
+    if let Some(pending) = &desc.pending_version
+        && let Some(created) = ctx.aws.version_created(&rc, &desc.arn, pending).await?
+    {
+        let limit = rotation
+            .window
+            .as_deref()
+            .and_then(|w| w.strip_suffix('h')?.parse::<u64>().ok())
+            .map(|h| std::time::Duration::from_secs(h * 3600))
+            .unwrap_or(DEFAULT_STUCK_AFTER);
+        let age = Timestamp::now().as_second() - created.secs();
+        if age > limit.as_secs() as i64 {
+            let msg = format!(
+                "rotation looks stuck: version {pending} has been AWSPENDING for {}h without becoming AWSCURRENT; \
+                 check the rotation Lambda's logs",
+                age / 3600
+            );
+            run.event(EventType::Warning, "RotationStuck", "Rotate", msg.clone())
+                .await;
+            run.set(conditions::ROTATION_CONFIGURED, false, "RotationStuck", msg);
+            return Ok(());
+        }
+    }
+    run.set(
+        conditions::ROTATION_CONFIGURED,
+        true,
+        "Configured",
+        format!("rotation {} with {}", rotation.schedule, rotation.lambda_arn),
+    );
+    Ok(())
+}
+
+/// `rotor.dev/rotate-now: <token>`: one RotateSecret per distinct token. The
+/// ClientRequestToken derives from the token, so a crash before the status
+/// write repeats the same request, which AWS does not rotate twice.
+pub async fn rotate_now(run: &mut Run<'_>, desc: &Description) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let Some(token) = rs.annotations().get(ROTATE_NOW_ANNOTATION) else {
+        return Ok(());
+    };
+    if run.status.rotate_now_token.as_deref() == Some(token.as_str()) {
+        return Ok(());
+    }
+    if rs.spec.rotation.is_none() || !desc.rotation_enabled && !run.status.managed_rotation {
+        return Err(refused(
+            "RotateNowWithoutRotation",
+            format!("{ROTATE_NOW_ANNOTATION} needs spec.rotation (a rotation Lambda) to rotate with"),
+        ));
+    }
+    let rc = region(run);
+    ctx.aws
+        .rotate_now(&rc, &desc.arn, &request_token(rs, &format!("rotate-now:{token}")))
+        .await?;
+    run.status.rotate_now_token = Some(token.clone());
+    run.save().await?;
+    info!(token, "rotation requested");
+    run.event(
+        EventType::Normal,
+        "RotationRequested",
+        "RotateSecret",
+        format!("Rotation requested by {ROTATE_NOW_ANNOTATION}={token}"),
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_name_and_region_from_arn() {
+        assert_eq!(
+            arn_name_region(
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/db-credentials-AbCdEf"
+            ),
+            Some(("shop/db-credentials", "us-east-1"))
+        );
+        assert_eq!(arn_name_region("nonsense"), None);
+    }
+
+    #[test]
+    fn key_matching() {
+        let k = KeyInfo {
+            arn: "arn:aws:kms:r:1:key/abc".into(),
+            key_id: "abc".into(),
+            state: "Enabled".into(),
+            spec: "SYMMETRIC_DEFAULT".into(),
+            usage: "ENCRYPT_DECRYPT".into(),
+        };
+        assert!(same_key(Some("abc"), &k, None));
+        assert!(same_key(Some("arn:aws:kms:r:1:key/abc"), &k, None));
+        assert!(same_key(Some("alias/x"), &k, Some("alias/x")));
+        assert!(!same_key(Some("other"), &k, Some("alias/x")));
+        assert!(!same_key(None, &k, None));
+    }
+}
