@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// before rotor gives up, warns, and lets it go.
     #[arg(long, env = "ROTOR_CLEANUP_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pub cleanup_timeout: Duration,
+
+    /// SQS queue receiving EventBridge events for Secrets Manager: rotations
+    /// then reach the Secret within seconds. Polling stays as the fallback.
+    #[arg(long, env = "ROTOR_EVENTS_QUEUE_URL")]
+    pub events_queue_url: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

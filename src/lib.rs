@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{message}")]
     Render { message: String },
 
+    /// Something rotor needs is not ready yet (caches warming up).
+    #[error("{0}")]
+    NotReady(&'static str),
+
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -49,6 +53,7 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::Render { .. } => "render",
             Error::Finalizer(_) => "finalizer",
+            Error::NotReady(_) => "not_ready",
         }
     }
 
@@ -61,6 +66,7 @@ impl Error {
             Error::Refused { reason, .. } => reason,
             Error::Render { .. } => "RenderError",
             Error::Finalizer(_) => "FinalizerError",
+            Error::NotReady(_) => "NotReady",
         }
     }
 
@@ -69,7 +75,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Aws(e) => e.kind.is_transient(),
-            Error::Kube(_) | Error::Finalizer(_) => true,
+            Error::Kube(_) | Error::Finalizer(_) | Error::NotReady(_) => true,
             Error::InvalidSpec(_) | Error::Refused { .. } | Error::Render { .. } => false,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::{EnvFilter, prelude::*};
@@ -45,6 +46,16 @@ struct AwsCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -59,6 +70,12 @@ pub struct Metrics {
     aws_calls: Family<AwsCallLabels, Counter>,
     aws_call_duration: Family<OperationLabels, Histogram>,
     secret_writes: Counter,
+    rotations_observed: Family<SourceLabels, Counter>,
+    rotation_to_secret: Histogram,
+    rotation_to_rollout: Histogram,
+    restarts: Family<KindLabels, Counter>,
+    check_age: Gauge<f64, AtomicU64>,
+    sweeps: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,6 +115,35 @@ impl Default for Metrics {
             "Kubernetes Secrets written with a new value",
             secret_writes.clone(),
         );
+        let rotations_observed = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "rotations_observed",
+            "New AWSCURRENT versions noticed, by what noticed them (sweep, describe, event)",
+            rotations_observed.clone(),
+        );
+        let latency_buckets = || Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0]);
+        let rotation_to_secret = latency_buckets();
+        registry.register(
+            "rotation_to_secret_seconds",
+            "From a new AWSCURRENT being noticed to the Secret holding it",
+            rotation_to_secret.clone(),
+        );
+        let rotation_to_rollout = latency_buckets();
+        registry.register(
+            "rotation_to_rollout_seconds",
+            "From a new AWSCURRENT being noticed to its consumers being patched",
+            rotation_to_rollout.clone(),
+        );
+        let restarts = Family::<KindLabels, Counter>::default();
+        registry.register("restarts", "Workloads restarted for a new version, by kind", restarts.clone());
+        let check_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "version_check_age_seconds",
+            "Age of the oldest successful AWSCURRENT check among managed secrets",
+            check_age.clone(),
+        );
+        let sweeps = Family::<OutcomeLabels, Counter>::default();
+        registry.register("version_sweeps", "ListSecrets sweeps of the version poller", sweeps.clone());
         Self {
             registry,
             reconciles,
@@ -106,6 +152,12 @@ impl Default for Metrics {
             aws_calls,
             aws_call_duration,
             secret_writes,
+            rotations_observed,
+            rotation_to_secret,
+            rotation_to_rollout,
+            restarts,
+            check_age,
+            sweeps,
         }
     }
 }
@@ -137,6 +189,28 @@ impl Metrics {
 
     pub fn secret_written(&self) {
         self.secret_writes.inc();
+    }
+
+    pub fn rotation_observed(&self, source: &'static str) {
+        self.rotations_observed.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    pub fn rotation_reached_secret(&self, since_detected: Duration) {
+        self.rotation_to_secret.observe(since_detected.as_secs_f64());
+    }
+
+    pub fn rotation_reached_rollout(&self, since_detected: Duration) {
+        self.rotation_to_rollout.observe(since_detected.as_secs_f64());
+    }
+
+    pub fn restarted(&self, kind: &'static str) {
+        self.restarts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn sweep(&self, ok: bool, oldest_check: Duration) {
+        let outcome = if ok { "success" } else { "error" };
+        self.sweeps.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.check_age.set(oldest_check.as_secs_f64());
     }
 
     pub fn encode(&self) -> String {

@@ -15,7 +15,7 @@ pub const AWSCURRENT: &str = "AWSCURRENT";
 pub const AWSPENDING: &str = "AWSPENDING";
 
 /// What DescribeSecret says about a secret; no secret material.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Description {
     pub arn: String,
     pub name: String,
@@ -487,7 +487,13 @@ impl Aws {
 
     /// Every secret carrying the owner tag key, 100 per call, with owners and
     /// AWSCURRENT versions: the version poller's sweep and the key-in-use check.
-    pub async fn list_owned(&self, rc: &RegionClients) -> Result<Vec<Listed>, AwsError> {
+    /// `owner_prefix` narrows the sweep to one cluster's secrets (tag-value
+    /// filters are prefix matches).
+    pub async fn list_owned(&self, rc: &RegionClients, owner_prefix: Option<&str>) -> Result<Vec<Listed>, AwsError> {
+        let mut filters = vec![Filter::builder().key(FilterNameStringType::TagKey).values(OWNER_TAG).build()];
+        if let Some(prefix) = owner_prefix {
+            filters.push(Filter::builder().key(FilterNameStringType::TagValue).values(prefix).build());
+        }
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -496,12 +502,7 @@ impl Aws {
                     "ListSecrets",
                     rc.secrets
                         .list_secrets()
-                        .filters(
-                            Filter::builder()
-                                .key(FilterNameStringType::TagKey)
-                                .values(OWNER_TAG)
-                                .build(),
-                        )
+                        .set_filters(Some(filters.clone()))
                         .max_results(100)
                         .set_next_token(token)
                         .send(),

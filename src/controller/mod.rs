@@ -6,6 +6,7 @@
 //! converges without duplicates.
 
 mod cleanup;
+mod poller;
 mod provision;
 mod sync;
 
@@ -28,7 +29,9 @@ use sha2::{Digest, Sha256};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::api::conditions::{self, Condition};
-use crate::api::{RotatedSecret, RotatedSecretStatus, duration, validate};
+use crate::api::{OWNER_TAG, RotatedSecret, RotatedSecretStatus, duration, validate};
+use crate::aws::secrets::Description;
+use crate::k8s::rollout::Workloads;
 use crate::aws::Aws;
 use crate::config::{AdoptionPolicy, RunArgs};
 use crate::k8s::mirror;
@@ -60,6 +63,26 @@ pub struct Context {
     /// settings are re-checked on spec changes and every `drift_interval`,
     /// not on every refresh.
     converged: Mutex<HashMap<ObjectRef<RotatedSecret>, Converged>>,
+    /// Deployments, StatefulSets and DaemonSets, for rollout.
+    pub workloads: Workloads,
+    /// Latest AWSCURRENT seen per secret ARN, by the sweep or a describe.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Objects to check with DescribeSecret on every refresh until their
+    /// version moves (a rotation rotor asked for, or an event).
+    watching: Mutex<HashMap<ObjectRef<RotatedSecret>, Option<String>>>,
+    /// When a new version was first noticed, for latency metrics.
+    detected: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, Instant)>>,
+    /// The sweep's interval, and when it last covered every region.
+    sweep: Mutex<(Duration, Option<Instant>)>,
+}
+
+/// One observation of a secret's AWSCURRENT.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub version: Option<String>,
+    pub owner: Option<String>,
+    pub at: Instant,
+    pub wall: Timestamp,
 }
 
 impl Context {
@@ -99,8 +122,141 @@ impl Context {
         let key = ObjectRef::from(rs);
         self.converged.lock().expect("converged lock").remove(&key);
         self.failures.lock().expect("backoff lock").remove(&key);
+        self.watching.lock().expect("watching lock").remove(&key);
+        self.detected.lock().expect("detected lock").remove(&key);
+    }
+
+    pub fn record_seen(&self, arn: &str, seen: Seen) {
+        self.seen.lock().expect("seen lock").insert(arn.to_owned(), seen);
+    }
+
+    fn seen(&self, arn: &str) -> Option<Seen> {
+        self.seen.lock().expect("seen lock").get(arn).cloned()
+    }
+
+    fn check_age(&self, arn: &str) -> Duration {
+        self.seen(arn).map(|s| s.at.elapsed()).unwrap_or(Duration::MAX)
+    }
+
+    fn set_poll_interval(&self, every: Duration) {
+        self.sweep.lock().expect("sweep lock").0 = every;
+    }
+
+    fn swept(&self) {
+        self.sweep.lock().expect("sweep lock").1 = Some(Instant::now());
+    }
+
+    /// Whether the sweep covered every region recently enough to be relied on.
+    fn sweep_healthy(&self) -> bool {
+        let (every, last) = *self.sweep.lock().expect("sweep lock");
+        last.is_some_and(|t| t.elapsed() <= every * 2 + Duration::from_secs(5))
+    }
+
+    /// Records when a version different from the synced one was first noticed.
+    fn note_new_version(&self, rs: &RotatedSecret, version: Option<&str>, source: &'static str) {
+        let (Some(version), Some(synced)) = (
+            version,
+            rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()),
+        ) else {
+            return;
+        };
+        if version == synced {
+            return;
+        }
+        let mut detected = self.detected.lock().expect("detected lock");
+        let key = ObjectRef::from(rs);
+        if detected.get(&key).is_none_or(|(v, _)| v != version) {
+            detected.insert(key, (version.to_owned(), Instant::now()));
+            self.metrics.rotation_observed(source);
+        }
+    }
+
+    fn detected_at(&self, rs: &RotatedSecret, version: &str) -> Option<Instant> {
+        let detected = self.detected.lock().expect("detected lock");
+        detected
+            .get(&ObjectRef::from(rs))
+            .filter(|(v, _)| v == version)
+            .map(|(_, at)| *at)
+    }
+
+    fn clear_detected(&self, rs: &RotatedSecret) {
+        self.detected.lock().expect("detected lock").remove(&ObjectRef::from(rs));
+    }
+
+    /// Check this object with DescribeSecret until its version moves.
+    pub fn watch(&self, rs: &RotatedSecret) {
+        let synced = rs.status.as_ref().and_then(|s| s.synced_version_id.clone());
+        self.watching.lock().expect("watching lock").insert(ObjectRef::from(rs), synced);
+    }
+
+    /// Stops watching once the Secret holds a version other than the one
+    /// it held when watching started.
+    fn unwatch_if_moved(&self, rs: &RotatedSecret, synced: Option<&str>) {
+        let mut watching = self.watching.lock().expect("watching lock");
+        let key = ObjectRef::from(rs);
+        if watching.get(&key).is_some_and(|before| before.as_deref() != synced) {
+            watching.remove(&key);
+        }
+    }
+
+    /// In its rotation window (from `nextRotationDate`), or waiting for a
+    /// rotation: ListSecrets may lag here, so the object describes itself.
+    fn is_watching(&self, rs: &RotatedSecret) -> bool {
+        if self.watching.lock().expect("watching lock").contains_key(&ObjectRef::from(rs)) {
+            return true;
+        }
+        self.until_rotation_window(rs).is_some_and(|d| d.is_zero())
+    }
+
+    /// Time until the object's next rotation window opens (zero when open),
+    /// if a rotation is scheduled. The window opens one refresh interval
+    /// before `nextRotationDate`.
+    fn until_rotation_window(&self, rs: &RotatedSecret) -> Option<Duration> {
+        let next: Timestamp = rs.status.as_ref()?.next_rotation_date.as_deref()?.parse().ok()?;
+        let opens = next.as_second() - self.refresh_interval(rs).as_secs() as i64;
+        Some(Duration::from_secs(
+            opens.saturating_sub(Timestamp::now().as_second()).max(0) as u64,
+        ))
+    }
+
+    /// What the sweep says about this object's secret, when fresh and
+    /// trustworthy; `None` means: ask AWS with DescribeSecret.
+    fn polled(&self, rs: &RotatedSecret) -> Option<Description> {
+        let status = rs.status.as_ref()?;
+        let arn = status.arn.as_deref()?;
+        if self.is_watching(rs) || !self.sweep_healthy() {
+            return None;
+        }
+        let seen = self.seen(arn)?;
+        let every = self.sweep.lock().expect("sweep lock").0;
+        if seen.at.elapsed() > every * 2 || seen.owner.as_deref() != Some(self.owner_tag_value(rs).as_str()) {
+            return None;
+        }
+        Some(Description {
+            arn: arn.to_owned(),
+            name: rs.spec.secrets_manager.name.clone(),
+            tags: seen.owner.map(|o| (OWNER_TAG.to_owned(), o)).into_iter().collect(),
+            current_version: seen.version,
+            rotation_enabled: status.rotation_enabled.unwrap_or(false),
+            last_rotated: status.last_rotated_date.clone(),
+            next_rotation: status.next_rotation_date.clone(),
+            ..Description::default()
+        })
+    }
+
+    /// When to look at an object again when nothing triggers it: at the
+    /// refresh interval while watching or while the sweep is unhealthy,
+    /// otherwise at the next rotation window or the drift interval.
+    fn next_check(&self, rs: &RotatedSecret) -> Duration {
+        let refresh = self.refresh_interval(rs);
+        if self.is_watching(rs) || !self.sweep_healthy() {
+            return refresh;
+        }
+        let window = self.until_rotation_window(rs).unwrap_or(Duration::MAX);
+        window.min(self.drift_interval).max(refresh)
     }
 }
+
 
 /// The generation last converged and when.
 type Converged = (Option<i64>, Instant);
@@ -129,6 +285,7 @@ pub enum Stage {
     Secret,
     Rotation,
     Sync,
+    Rollout,
     Cleanup,
 }
 
@@ -140,6 +297,7 @@ impl Stage {
             Stage::Secret => conditions::SECRET_READY,
             Stage::Rotation => conditions::ROTATION_CONFIGURED,
             Stage::Sync => conditions::SYNCED,
+            Stage::Rollout => conditions::ROLLED_OUT,
         }
     }
 }
@@ -282,11 +440,12 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
         &run.now,
     );
     run.status.observed_generation = rs.metadata.generation;
+    record_check_time(&mut run);
 
     run.save().await?;
 
     match outcome {
-        Ok(()) => Ok(Action::requeue(ctx.refresh_interval(rs))),
+        Ok(()) => Ok(Action::requeue(ctx.next_check(rs))),
         Err((_, err)) => {
             publish(
                 ctx,
@@ -307,6 +466,21 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// `status.lastCheckTime`: when AWS was last seen for this secret. Written
+/// with other status changes, or when it is a drift interval old, so idle
+/// objects do not each cost an API write per poll (the exact age is the
+/// `rotor_version_check_age_seconds` metric).
+fn record_check_time(run: &mut Run<'_>) {
+    let Some(seen) = run.status.arn.as_deref().and_then(|arn| run.ctx.seen(arn)) else {
+        return;
+    };
+    let recorded: Option<Timestamp> = run.status.last_check_time.as_deref().and_then(|t| t.parse().ok());
+    let old = recorded.is_none_or(|t| seen.wall.as_second() - t.as_second() >= run.ctx.drift_interval.as_secs() as i64);
+    if old || run.status != run.saved {
+        run.status.last_check_time = Some(seen.wall.to_string());
+    }
+}
+
 async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     let rs = run.rs;
     validate::validate(&rs.spec).map_err(|p| (Stage::Spec, Error::InvalidSpec(p)))?;
@@ -317,9 +491,27 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     } else {
         None
     };
-    let desc = provision::ensure_secret(run, key.as_ref(), converge)
-        .await
-        .map_err(|e| (Stage::Secret, e))?;
+    // Between convergences, the sweep's view of the secret is enough; the
+    // full describe path runs on spec changes, drift checks, rotation
+    // windows and when the sweep is stale.
+    let desc = match run.ctx.polled(rs).filter(|_| !converge) {
+        Some(desc) => desc,
+        None => {
+            let desc = provision::ensure_secret(run, key.as_ref(), converge)
+                .await
+                .map_err(|e| (Stage::Secret, e))?;
+            run.ctx.record_seen(
+                &desc.arn,
+                Seen {
+                    version: desc.current_version.clone(),
+                    owner: desc.owner().map(str::to_owned),
+                    at: Instant::now(),
+                    wall: Timestamp::now(),
+                },
+            );
+            desc
+        }
+    };
     if converge {
         provision::ensure_rotation(run, &desc)
             .await
@@ -328,9 +520,10 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     provision::rotate_now(run, &desc)
         .await
         .map_err(|e| (Stage::Rotation, e))?;
-    sync::sync_secret(run, &desc)
+    let written = sync::sync_secret(run, &desc)
         .await
         .map_err(|e| (Stage::Sync, e))?;
+    sync::rollout(run, &written).await.map_err(|e| (Stage::Rollout, e))?;
     if converge {
         run.ctx.mark_converged(rs);
     }
@@ -419,6 +612,17 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter.clone());
+
+    // One controller per watched namespace (or one for all): the API has no
+    // multi-namespace watch, and separate stores keep their resyncs apart.
+    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (workloads, workload_watch) = Workloads::new(client.clone(), &scopes);
+    tokio::spawn(workload_watch);
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         aws,
@@ -432,33 +636,25 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         cleanup_timeout: args.cleanup_timeout,
         failures: Mutex::default(),
         converged: Mutex::default(),
+        workloads: workloads.clone(),
+        seen: Mutex::default(),
+        watching: Mutex::default(),
+        detected: Mutex::default(),
+        sweep: Mutex::new((DEFAULT_REFRESH, None)),
     });
 
-    // One controller per watched namespace (or one for all): the API has no
-    // multi-namespace watch, and separate stores keep their resyncs apart.
-    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().cloned().map(Some).collect()
-    };
-    let mut stores = Vec::new();
+    let mut pollers = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
         let (rs_api, secret_api): (Api<RotatedSecret>, Api<PartialObjectMeta<Secret>>) = match &scope {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         // Metadata only, and only rotor's Secrets: no other Secret's data is
         // ever held in memory.
-        let owned = watcher(
-            secret_api,
-            watcher::Config::default().labels(&mirror::managed_selector()),
-        )
-        .default_backoff()
-        .touched_objects();
+        let owned = watcher(secret_api, watcher::Config::default().labels(&mirror::managed_selector()))
+            .default_backoff()
+            .touched_objects();
         // Status-only updates (rotor's own writes) do not trigger a reconcile;
         // spec, annotation (rotate-now) and finalizer changes do.
         let (reader, writer) = reflector::store();
@@ -472,11 +668,17 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
                     .combine(predicates::finalizers),
                 PredicateConfig::default(),
             );
+        // The version sweep and SQS events trigger reconciles through here.
+        let (trigger, triggered) = futures::channel::mpsc::channel(4096);
         let controller = Controller::for_stream(objects, reader)
             .owns_stream(owned)
+            .reconcile_on(triggered)
             .with_config(ControllerConfig::default().concurrency(args.concurrency))
             .shutdown_on_signal();
-        stores.push(controller.store());
+        pollers.push(poller::Scope {
+            store: controller.store(),
+            trigger,
+        });
         let span = info_span!("controller", namespace = field::debug(&scope));
         runs.push(
             controller
@@ -490,11 +692,23 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
                 .instrument(span),
         );
     }
+
+    tokio::spawn(poller::sweep_loop(ctx.clone(), pollers.clone()));
+    if let Some(queue_url) = args.events_queue_url.clone() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let sqs = ctx.aws.sqs(&queue_url);
+        info!(%queue_url, "consuming Secrets Manager events");
+        tokio::spawn(crate::aws::events::consume(sqs, queue_url, tx, ctx.metrics.clone()));
+        tokio::spawn(poller::event_loop(ctx.clone(), pollers.clone(), rx));
+    }
     tokio::spawn(async move {
-        for store in stores {
-            if store.wait_until_ready().await.is_err() {
+        for p in &pollers {
+            if p.store.wait_until_ready().await.is_err() {
                 return;
             }
+        }
+        if workloads.wait_until_ready().await.is_err() {
+            return;
         }
         info!("caches synced");
         readiness.set_ready();

@@ -1,29 +1,36 @@
-//! The mirror stage: AWSCURRENT into the target Secret.
+//! The mirror and rollout stages: AWSCURRENT into the target Secret, then a
+//! restart of the workloads that still run an older version.
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::Run;
-use crate::api::conditions;
+use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
 use crate::aws::secrets::Description;
-use crate::k8s::mirror;
+use crate::k8s::mirror::{self, Written};
+use crate::k8s::rollout;
 use crate::{Error, Result};
+
+/// Most workloads listed in `status.rolledOut`.
+const MAX_ROLLED_OUT: usize = 50;
 
 /// Mirrors AWSCURRENT into the target Secret, reading the value only when the
 /// Secret does not already hold this version rendered from this generation.
-pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<()> {
+/// Returns the Secret's history as it now stands.
+pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Written> {
     let (rs, ctx) = (run.rs, run.ctx);
     let ns = rs.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = rs.target_name();
-    let existing = mirror::get(&api, name).await?;
     let generation = rs.metadata.generation.unwrap_or_default().to_string();
+    ctx.note_new_version(rs, desc.current_version.as_deref(), "describe");
 
-    if let Some(existing) = &existing {
-        if !mirror::is_controlled_by(existing, rs) {
+    let previous = match mirror::get(&api, name).await? {
+        Some(existing) if !mirror::is_controlled_by(&existing, rs) => {
             return Err(Error::Refused {
                 reason: "SecretConflict",
                 message: format!(
@@ -32,18 +39,15 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<()> {
                 ),
             });
         }
-        if let Some(current) = desc.current_version.as_deref()
-            && mirror::written_for(existing) == (Some(current), Some(generation.as_str()))
-        {
-            run.status.synced_version_id = Some(current.to_owned());
-            run.set(
-                conditions::SYNCED,
-                true,
-                "Synced",
-                format!("Secret {name} holds version {current}"),
-            );
-            return Ok(());
-        }
+        Some(existing) => Written::of(&existing),
+        None => Written::default(),
+    };
+    if let Some(current) = desc.current_version.as_deref()
+        && previous.version.as_deref() == Some(current)
+        && previous.generation.as_deref() == Some(generation.as_str())
+    {
+        mark_synced(run, current);
+        return Ok(previous);
     }
     if desc.current_version.is_none() {
         return Err(Error::Refused {
@@ -59,8 +63,14 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<()> {
     let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
     let value = ctx.aws.current_value(&rc, &desc.arn).await?;
     let data = mirror::render(&rs.spec.target, &value)?;
-    mirror::apply(&api, rs, &value.version_id, &data).await?;
+    let written = previous.next(&value.version_id, &generation, Timestamp::now());
+    mirror::apply(&api, rs, &written, &data).await?;
     ctx.metrics.secret_written();
+    if previous.version.as_deref() != Some(value.version_id.as_str())
+        && let Some(at) = ctx.detected_at(rs, &value.version_id)
+    {
+        ctx.metrics.rotation_reached_secret(at.elapsed());
+    }
     info!(secret = name, version_id = %value.version_id, "Secret written");
     run.event(
         EventType::Normal,
@@ -72,13 +82,126 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<()> {
 
     // AWSCURRENT may have moved between describe and read: the read is newer.
     run.status.current_version_id = Some(value.version_id.clone());
-    run.status.synced_version_id = Some(value.version_id.clone());
     run.status.last_sync_time = Some(run.now.clone());
-    run.set(
-        conditions::SYNCED,
-        true,
-        "Synced",
-        format!("Secret {name} holds version {}", value.version_id),
-    );
-    Ok(())
+    mark_synced(run, &value.version_id);
+    Ok(written)
+}
+
+fn mark_synced(run: &mut Run<'_>, version: &str) {
+    run.status.synced_version_id = Some(version.to_owned());
+    run.ctx.unwatch_if_moved(run.rs, Some(version));
+    let msg = format!("Secret {} holds version {version}", run.rs.target_name());
+    run.set(conditions::SYNCED, true, "Synced", msg);
+}
+
+fn kind_str(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::Deployment => "Deployment",
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::DaemonSet => "DaemonSet",
+    }
+}
+
+/// Restarts every consumer that still runs a version older than the one the
+/// Secret holds, by setting the pod-template annotation `rotor.dev/<secret>`
+/// to that VersionId. The decision reads only state that survives a crash
+/// (the workload's annotation, the Secret's history), so re-running it, a
+/// restart or another replica never restarts anything twice.
+pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let spec = &rs.spec.rollout;
+    if spec.mode == RolloutMode::Disabled {
+        run.set(
+            conditions::ROLLED_OUT,
+            true,
+            "Disabled",
+            "rollout.mode is Disabled: no workload is restarted",
+        );
+        ctx.clear_detected(rs);
+        return Ok(());
+    }
+    let (Some(version), Some(initial)) = (written.version.as_deref(), written.initial_version.as_deref()) else {
+        return Ok(());
+    };
+    if !ctx.workloads.is_ready() {
+        return Err(Error::NotReady(
+            "workload caches are not synced yet; nothing is restarted before they are",
+        ));
+    }
+    let ns = rs.namespace().unwrap_or_default();
+    let secret = rs.target_name();
+    let key = rollout::annotation_key(secret);
+    let mut problems = Vec::new();
+    let targets: Vec<rollout::Workload> = match spec.mode {
+        RolloutMode::Explicit => spec
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let found = ctx.workloads.get(&ns, t.kind, &t.name);
+                if found.is_none() {
+                    problems.push(format!("{} {} not found", kind_str(t.kind), t.name));
+                }
+                found
+            })
+            .collect(),
+        _ => ctx.workloads.consumers(&ns, secret),
+    };
+
+    let mut restarted = 0;
+    for w in &targets {
+        if !rollout::needs_roll(w.annotation(&key), w.created, version, initial, written.at) {
+            continue;
+        }
+        let kind = kind_str(w.kind);
+        match rollout::roll(&ctx.client, &ns, w.kind, &w.name, &key, version).await {
+            Ok(()) => {
+                restarted += 1;
+                ctx.metrics.restarted(kind);
+                info!(kind, workload = %w.name, version, "restarted workload");
+                let entry = RolledOut {
+                    kind: w.kind,
+                    name: w.name.clone(),
+                    version_id: version.to_owned(),
+                    time: run.now.clone(),
+                };
+                let list = &mut run.status.rolled_out;
+                list.retain(|r| !(r.kind == entry.kind && r.name == entry.name));
+                list.insert(0, entry);
+                list.truncate(MAX_ROLLED_OUT);
+                run.event(
+                    EventType::Normal,
+                    "RolledOut",
+                    "Restart",
+                    format!("Restarted {kind} {} for AWS version {version} of Secret {secret}", w.name),
+                )
+                .await;
+            }
+            Err(e) => {
+                let mut msg = e.to_string();
+                conditions::truncate(&mut msg, 200);
+                problems.push(format!("{kind} {}: {msg}", w.name));
+            }
+        }
+    }
+    if restarted > 0
+        && let Some(at) = ctx.detected_at(rs, version)
+    {
+        ctx.metrics.rotation_reached_rollout(at.elapsed());
+    }
+    if problems.is_empty() {
+        ctx.clear_detected(rs);
+        let msg = match targets.len() {
+            0 => "no workload in the namespace uses the Secret".to_owned(),
+            n => format!("{n} workload(s) run version {version}"),
+        };
+        run.set(conditions::ROLLED_OUT, true, "RolledOut", msg);
+        return Ok(());
+    }
+    Err(Error::Refused {
+        reason: "RolloutFailed",
+        message: format!(
+            "could not restart every consumer for version {version} (the others were restarted): {}",
+            problems.join("; ")
+        ),
+    })
 }

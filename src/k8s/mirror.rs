@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -20,6 +21,11 @@ use crate::{Error, Result};
 /// Annotation recording the RotatedSecret generation the data was rendered
 /// from, so a spec change re-renders even when the version did not move.
 pub const GENERATION_ANNOTATION: &str = "rotor.dev/generation";
+
+/// The first VersionId the Secret ever held.
+pub const INITIAL_VERSION_ANNOTATION: &str = "rotor.dev/initial-version-id";
+/// When the Secret got its current version (RFC 3339, full precision).
+pub const WRITTEN_AT_ANNOTATION: &str = "rotor.dev/version-written-at";
 
 /// Data key that holds a secret that is not a JSON object.
 pub const PLAIN_VALUE_KEY: &str = "value";
@@ -119,27 +125,61 @@ pub fn is_controlled_by(secret: &PartialObjectMeta<Secret>, rs: &RotatedSecret) 
         .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
 }
 
-/// The VersionId and generation a Secret was last written for.
-pub fn written_for(secret: &PartialObjectMeta<Secret>) -> (Option<&str>, Option<&str>) {
-    let a = secret.annotations();
-    (
-        a.get(VERSION_ID_ANNOTATION).map(String::as_str),
-        a.get(GENERATION_ANNOTATION).map(String::as_str),
-    )
+/// What a Secret records about its own history, in annotations rotor owns:
+/// the version it holds and the generation it was rendered from (so a spec
+/// change re-renders), the first version it ever held, and when it got the
+/// current one (so rollout restarts only workloads that ran an older value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    pub version: Option<String>,
+    pub generation: Option<String>,
+    pub initial_version: Option<String>,
+    pub at: Option<Timestamp>,
+}
+
+impl Written {
+    pub fn of(secret: &PartialObjectMeta<Secret>) -> Self {
+        let a = secret.annotations();
+        let get = |k: &str| a.get(k).cloned();
+        Self {
+            version: get(VERSION_ID_ANNOTATION),
+            generation: get(GENERATION_ANNOTATION),
+            // Secrets written before rotor recorded this started with the version they hold.
+            initial_version: get(INITIAL_VERSION_ANNOTATION).or_else(|| get(VERSION_ID_ANNOTATION)),
+            at: a.get(WRITTEN_AT_ANNOTATION).and_then(|t| t.parse().ok()),
+        }
+    }
+
+    /// The record after writing `version` from `generation` at `now`.
+    pub fn next(&self, version: &str, generation: &str, now: Timestamp) -> Self {
+        let same = self.version.as_deref() == Some(version);
+        Self {
+            version: Some(version.to_owned()),
+            generation: Some(generation.to_owned()),
+            initial_version: self.initial_version.clone().or_else(|| Some(version.to_owned())),
+            at: if same { self.at.or(Some(now)) } else { Some(now) },
+        }
+    }
 }
 
 /// Server-side applies the Secret with rotor's field manager. Only fields
 /// rotor sets are owned, so other managers' labels or annotations survive.
-pub async fn apply(api: &Api<Secret>, rs: &RotatedSecret, version_id: &str, data: &SecretData) -> Result<()> {
+pub async fn apply(api: &Api<Secret>, rs: &RotatedSecret, written: &Written, data: &SecretData) -> Result<()> {
     let target = &rs.spec.target;
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
     let mut annotations = target.annotations.clone();
-    annotations.insert(VERSION_ID_ANNOTATION.to_owned(), version_id.to_owned());
-    annotations.insert(
-        GENERATION_ANNOTATION.to_owned(),
-        rs.metadata.generation.unwrap_or_default().to_string(),
-    );
+    let fields = [
+        (VERSION_ID_ANNOTATION, written.version.clone()),
+        (GENERATION_ANNOTATION, written.generation.clone()),
+        (INITIAL_VERSION_ANNOTATION, written.initial_version.clone()),
+        (WRITTEN_AT_ANNOTATION, written.at.map(|t| t.to_string())),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            annotations.insert(k.to_owned(), v);
+        }
+    }
     let meta = ObjectMeta {
         name: Some(rs.target_name().to_owned()),
         labels: Some(labels),
@@ -255,6 +295,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("target.template"), "{msg}");
+    }
+
+    #[test]
+    fn history_keeps_initial_version_and_write_time() {
+        let t1: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t2: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        let first = Written::default().next("v1", "1", t1);
+        assert_eq!(first.initial_version.as_deref(), Some("v1"));
+        assert_eq!(first.at, Some(t1));
+        let rerender = first.next("v1", "2", t2);
+        assert_eq!(rerender.at, Some(t1), "same version: same write time");
+        let rotated = rerender.next("v2", "2", t2);
+        assert_eq!(rotated.initial_version.as_deref(), Some("v1"));
+        assert_eq!(rotated.version.as_deref(), Some("v2"));
+        assert_eq!(rotated.at, Some(t2));
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! Noticing new AWSCURRENT versions cheaply.
+//!
+//! The sweep lists every secret this cluster owns with ListSecrets (100 per
+//! call, each entry with its version stages) once per poll interval, and
+//! triggers a reconcile only for objects whose AWSCURRENT differs from what
+//! their Secret holds: ceil(N/100) calls per interval, whatever N. ListSecrets
+//! is eventually consistent, so it is the safety net; objects in their
+//! rotation window, or waiting for a rotation rotor asked for, are checked
+//! with DescribeSecret by their own reconciles (see `Context::polled`).
+//! Optional SQS events trigger the named object at once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc::Sender;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::mpsc::Receiver;
+use tracing::{debug, warn};
+
+use super::{Context, Seen};
+use crate::api::RotatedSecret;
+use crate::aws::events::SecretChange;
+
+const IDLE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One watched scope: its object cache and its controller's trigger.
+#[derive(Clone)]
+pub struct Scope {
+    pub store: Store<RotatedSecret>,
+    pub trigger: Sender<ObjectRef<RotatedSecret>>,
+}
+
+impl Scope {
+    fn send(&mut self, rs: &RotatedSecret) {
+        // A full channel means a reconcile is already queued for plenty of
+        // objects; the next sweep retries whatever is still behind.
+        if let Err(e) = self.trigger.try_send(ObjectRef::from(rs)) {
+            debug!(error = %e, "trigger dropped");
+        }
+    }
+}
+
+/// The poll interval: the smallest refresh interval among the objects,
+/// never below the operator's floor.
+fn interval(ctx: &Context, scopes: &[Scope]) -> Duration {
+    scopes
+        .iter()
+        .flat_map(|s| s.store.state())
+        .map(|rs| ctx.refresh_interval(&rs))
+        .min()
+        .unwrap_or(IDLE_INTERVAL)
+        .max(ctx.min_refresh)
+}
+
+pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
+    for scope in &scopes {
+        let _ = scope.store.wait_until_ready().await;
+    }
+    loop {
+        let every = interval(&ctx, &scopes);
+        ctx.set_poll_interval(every);
+        let started = Instant::now();
+        let ok = sweep(&ctx, &mut scopes).await;
+        ctx.metrics.sweep(ok, oldest_check(&ctx, &scopes));
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// One sweep over every region in use. Returns whether all regions answered.
+async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
+    let mut regions = BTreeSet::from([ctx.aws.default_region().to_owned()]);
+    for scope in scopes.iter() {
+        for rs in scope.store.state() {
+            if let Some(r) = &rs.spec.secrets_manager.region {
+                regions.insert(r.clone());
+            }
+        }
+    }
+    let prefix = format!("{}/", ctx.cluster_name);
+    let mut all_ok = true;
+    for region in regions {
+        let rc = ctx.aws.region(Some(&region));
+        let listed = match ctx.aws.list_owned(&rc, Some(&prefix)).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                warn!(region, error = %e, "version sweep failed; objects fall back to DescribeSecret");
+                all_ok = false;
+                continue;
+            }
+        };
+        for entry in listed {
+            ctx.record_seen(
+                &entry.arn,
+                Seen {
+                    version: entry.current_version.clone(),
+                    owner: entry.owner.clone(),
+                    at: Instant::now(),
+                    wall: Timestamp::now(),
+                },
+            );
+            let Some((ns, name)) = entry.owner.as_deref().and_then(|o| o.strip_prefix(&prefix)?.split_once('/'))
+            else {
+                continue;
+            };
+            let key = ObjectRef::new(name).within(ns);
+            for scope in scopes.iter_mut() {
+                let Some(rs) = scope.store.get(&key) else { continue };
+                let status = rs.status.as_ref();
+                if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
+                    continue;
+                }
+                let synced = status.and_then(|s| s.synced_version_id.as_deref());
+                if entry.current_version.is_some() && entry.current_version.as_deref() != synced {
+                    ctx.note_new_version(&rs, entry.current_version.as_deref(), "sweep");
+                    scope.send(&rs);
+                }
+            }
+        }
+    }
+    if all_ok {
+        ctx.swept();
+    }
+    all_ok
+}
+
+fn oldest_check(ctx: &Context, scopes: &[Scope]) -> Duration {
+    scopes
+        .iter()
+        .flat_map(|s| s.store.state())
+        .filter_map(|rs| rs.status.as_ref()?.arn.clone())
+        .map(|arn| ctx.check_age(&arn))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Reconciles the objects an SQS event names, at once, with a fresh
+/// DescribeSecret (ListSecrets may not show the change yet).
+pub async fn event_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>, mut changes: Receiver<SecretChange>) {
+    while let Some(change) = changes.recv().await {
+        let mut matched = false;
+        for scope in scopes.iter_mut() {
+            let hits: Vec<_> = scope
+                .store
+                .state()
+                .into_iter()
+                .filter(|rs| {
+                    let region = rs
+                        .spec
+                        .secrets_manager
+                        .region
+                        .as_deref()
+                        .unwrap_or(ctx.aws.default_region());
+                    change.matches(
+                        rs.status.as_ref().and_then(|s| s.arn.as_deref()),
+                        &rs.spec.secrets_manager.name,
+                        region,
+                    )
+                })
+                .collect();
+            for rs in hits {
+                matched = true;
+                ctx.watch(&rs);
+                debug!(namespace = rs.namespace(), name = %rs.name_any(), event = change.event, "event trigger");
+                scope.send(&rs);
+            }
+        }
+        if !matched {
+            debug!(event = change.event, "event names no RotatedSecret");
+        }
+    }
+}
