@@ -155,7 +155,7 @@ async fn release_key(
         return Ok(());
     }
     let alias = spec.alias.as_deref();
-    let in_use = ctx.aws.list_owned(rc).await?.into_iter().any(|s| {
+    let in_use = ctx.aws.list_owned(rc, None).await?.into_iter().any(|s| {
         s.arn != desc.arn
             && s.kms_key_id
                 .as_deref()
