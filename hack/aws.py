@@ -1,6 +1,6 @@
 """Small AWS helper for the demo, talking to the test bed's moto with boto3
-(which moto's server installs). It plays the parts rotor does not: an
-existing secret to mirror, and a rotation Lambda moving AWSCURRENT."""
+(which moto's server installs): shows what rotor made in AWS (never the
+value), and plays a rotation Lambda moving AWSCURRENT."""
 
 import json
 import sys
@@ -9,9 +9,9 @@ import uuid
 import boto3
 
 
-def client(endpoint):
+def client(service, endpoint):
     return boto3.client(
-        "secretsmanager",
+        service,
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
@@ -26,13 +26,20 @@ def current_version(sm, secret_id):
 
 def main():
     endpoint, cmd, secret_id = sys.argv[1:4]
-    sm = client(endpoint)
-    if cmd == "create":
-        owner, value = sys.argv[4], sys.argv[5]
-        sm.create_secret(
-            Name=secret_id, SecretString=value, Tags=[{"Key": "rotor.dev/owner", "Value": owner}]
-        )
-        print(current_version(sm, secret_id))
+    sm = client("secretsmanager", endpoint)
+    if cmd == "describe":
+        d = sm.describe_secret(SecretId=secret_id)
+        key = client("kms", endpoint).describe_key(KeyId=d["KmsKeyId"])["KeyMetadata"]
+        policy = sm.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+        print(f"  ARN:         {d['ARN']}")
+        print(f"  KMS key:     {key['Arn']} ({key['KeySpec']}, {key['KeyState']})")
+        tags = ", ".join("{}={}".format(t["Key"], t["Value"]) for t in d.get("Tags", []))
+        print(f"  tags:        {tags}")
+        print(f"  policy:      {'set' if policy else 'none'}")
+        rules = d.get("RotationRules", {})
+        print(f"  rotation:    {d.get('RotationEnabled')} {rules.get('ScheduleExpression')} "
+              f"window {rules.get('Duration')} via {d.get('RotationLambdaARN', '-').split(':')[-1]}")
+        print(f"  AWSCURRENT:  {current_version(sm, secret_id)}")
     elif cmd == "rotate":
         # What a rotation Lambda does: createSecret (AWSPENDING), then finishSecret.
         old = current_version(sm, secret_id)
