@@ -16,6 +16,10 @@ fi
 # Build first so that compile time does not count against the test bed.
 cargo nextest run --no-run --all-targets
 hack/testbed.sh up
+# The test bed's own helpers: moto patched to AWS's RotateSecret behaviour,
+# and the fault-injecting proxy.
+python3 hack/test_moto_server.py
+python3 hack/test_aws_proxy.py
 # shellcheck disable=SC1091
 . "$TESTBED_DIR/env"
 cargo nextest run --all-targets --no-fail-fast "$@"
