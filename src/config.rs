@@ -41,9 +41,11 @@ pub struct RunArgs {
     #[arg(long, env = "ROTOR_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
 
-    /// How often AWS settings (description, tags, key, policy, replicas,
-    /// rotation) are re-checked for drift when the spec did not change.
-    #[arg(long, env = "ROTOR_DRIFT_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    /// How often each object re-reads all its AWS settings when the spec did
+    /// not change. Drift in description, tags, key and rotation is seen by
+    /// the version sweep at no cost; this interval covers the resource policy
+    /// and replicas, which ListSecrets does not show.
+    #[arg(long, env = "ROTOR_DRIFT_INTERVAL", default_value = "12h", value_parser = parse_duration)]
     pub drift_interval: Duration,
 
     /// Most writes per second rotor makes to Secrets Manager and KMS in one

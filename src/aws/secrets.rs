@@ -194,6 +194,12 @@ pub struct Listed {
     pub owner: Option<String>,
     pub kms_key_id: Option<String>,
     pub current_version: Option<String>,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub rotation_enabled: bool,
+    pub rotation_lambda_arn: Option<String>,
+    pub schedule_expression: Option<String>,
+    pub rotation_window: Option<String>,
 }
 
 fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -489,10 +495,24 @@ impl Aws {
     /// AWSCURRENT versions: the version poller's sweep and the key-in-use check.
     /// `owner_prefix` narrows the sweep to one cluster's secrets (tag-value
     /// filters are prefix matches).
-    pub async fn list_owned(&self, rc: &RegionClients, owner_prefix: Option<&str>) -> Result<Vec<Listed>, AwsError> {
-        let mut filters = vec![Filter::builder().key(FilterNameStringType::TagKey).values(OWNER_TAG).build()];
+    pub async fn list_owned(
+        &self,
+        rc: &RegionClients,
+        owner_prefix: Option<&str>,
+    ) -> Result<Vec<Listed>, AwsError> {
+        let mut filters = vec![
+            Filter::builder()
+                .key(FilterNameStringType::TagKey)
+                .values(OWNER_TAG)
+                .build(),
+        ];
         if let Some(prefix) = owner_prefix {
-            filters.push(Filter::builder().key(FilterNameStringType::TagValue).values(prefix).build());
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::TagValue)
+                    .values(prefix)
+                    .build(),
+            );
         }
         let mut out = Vec::new();
         let mut token = None;
@@ -520,12 +540,23 @@ impl Aws {
                         .find(|(_, st)| st.iter().any(|x| x == AWSCURRENT))
                         .map(|(v, _)| v.clone())
                 });
+                let rules = s.rotation_rules();
                 out.push(Listed {
                     arn: s.arn().unwrap_or_default().to_owned(),
                     name: s.name().unwrap_or_default().to_owned(),
                     owner,
                     kms_key_id: s.kms_key_id().map(str::to_owned),
                     current_version,
+                    description: s.description().map(str::to_owned),
+                    tags: s
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                        .collect(),
+                    rotation_enabled: s.rotation_enabled().unwrap_or(false),
+                    rotation_lambda_arn: s.rotation_lambda_arn().map(str::to_owned),
+                    schedule_expression: rules.and_then(|r| r.schedule_expression()).map(str::to_owned),
+                    rotation_window: rules.and_then(|r| r.duration()).map(str::to_owned),
                 });
             }
             token = page.next_token().map(str::to_owned);

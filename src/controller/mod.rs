@@ -6,6 +6,7 @@
 //! converges without duplicates.
 
 mod cleanup;
+mod drift;
 mod poller;
 mod provision;
 mod sync;
@@ -30,11 +31,11 @@ use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::api::conditions::{self, Condition};
 use crate::api::{OWNER_TAG, RotatedSecret, RotatedSecretStatus, duration, validate};
-use crate::aws::secrets::Description;
-use crate::k8s::rollout::Workloads;
 use crate::aws::Aws;
+use crate::aws::secrets::Description;
 use crate::config::{AdoptionPolicy, RunArgs};
 use crate::k8s::mirror;
+use crate::k8s::rollout::Workloads;
 use crate::telemetry::{Metrics, Readiness};
 use crate::{Error, Result};
 
@@ -102,20 +103,46 @@ impl Context {
     }
 
     fn needs_converge(&self, rs: &RotatedSecret) -> bool {
-        let converged = self.converged.lock().expect("converged lock");
-        match converged.get(&ObjectRef::from(rs)) {
-            Some((generation, at)) => {
+        let mut converged = self.converged.lock().expect("converged lock");
+        let key = ObjectRef::from(rs);
+        if !converged.contains_key(&key) && ready_at_generation(rs) {
+            // Converged before this process started: nothing to redo now (the
+            // sweep reports drift), and the next drift check is spread over
+            // the interval so a restart does not describe every object at once.
+            let ago = self.drift_interval.mul_f64(rand::rng().random_range(0.0..1.0));
+            converged.insert(
+                key.clone(),
+                (rs.metadata.generation, Instant::now().checked_sub(ago)),
+            );
+        }
+        match converged.get(&key) {
+            Some((generation, Some(at))) => {
                 *generation != rs.metadata.generation || at.elapsed() >= self.drift_interval
             }
-            None => true,
+            _ => true,
         }
     }
 
     fn mark_converged(&self, rs: &RotatedSecret) {
-        self.converged
-            .lock()
-            .expect("converged lock")
-            .insert(ObjectRef::from(rs), (rs.metadata.generation, Instant::now()));
+        self.converged.lock().expect("converged lock").insert(
+            ObjectRef::from(rs),
+            (rs.metadata.generation, Some(Instant::now())),
+        );
+    }
+
+    /// Asks for a convergence on the next reconcile (drift seen by the
+    /// sweep), unless one ran within the last minute: a setting AWS reports
+    /// differently from how it was set must not loop.
+    fn request_converge(&self, rs: &RotatedSecret) -> bool {
+        let mut converged = self.converged.lock().expect("converged lock");
+        let key = ObjectRef::from(rs);
+        if let Some((_, Some(at))) = converged.get(&key)
+            && at.elapsed() < Duration::from_secs(60)
+        {
+            return false;
+        }
+        converged.insert(key, (rs.metadata.generation, None));
+        true
     }
 
     fn forget(&self, rs: &RotatedSecret) {
@@ -180,13 +207,19 @@ impl Context {
     }
 
     fn clear_detected(&self, rs: &RotatedSecret) {
-        self.detected.lock().expect("detected lock").remove(&ObjectRef::from(rs));
+        self.detected
+            .lock()
+            .expect("detected lock")
+            .remove(&ObjectRef::from(rs));
     }
 
     /// Check this object with DescribeSecret until its version moves.
     pub fn watch(&self, rs: &RotatedSecret) {
         let synced = rs.status.as_ref().and_then(|s| s.synced_version_id.clone());
-        self.watching.lock().expect("watching lock").insert(ObjectRef::from(rs), synced);
+        self.watching
+            .lock()
+            .expect("watching lock")
+            .insert(ObjectRef::from(rs), synced);
     }
 
     /// Stops watching once the Secret holds a version other than the one
@@ -194,7 +227,10 @@ impl Context {
     fn unwatch_if_moved(&self, rs: &RotatedSecret, synced: Option<&str>) {
         let mut watching = self.watching.lock().expect("watching lock");
         let key = ObjectRef::from(rs);
-        if watching.get(&key).is_some_and(|before| before.as_deref() != synced) {
+        if watching
+            .get(&key)
+            .is_some_and(|before| before.as_deref() != synced)
+        {
             watching.remove(&key);
         }
     }
@@ -202,7 +238,12 @@ impl Context {
     /// In its rotation window (from `nextRotationDate`), or waiting for a
     /// rotation: ListSecrets may lag here, so the object describes itself.
     fn is_watching(&self, rs: &RotatedSecret) -> bool {
-        if self.watching.lock().expect("watching lock").contains_key(&ObjectRef::from(rs)) {
+        if self
+            .watching
+            .lock()
+            .expect("watching lock")
+            .contains_key(&ObjectRef::from(rs))
+        {
             return true;
         }
         self.until_rotation_window(rs).is_some_and(|d| d.is_zero())
@@ -235,7 +276,11 @@ impl Context {
         Some(Description {
             arn: arn.to_owned(),
             name: rs.spec.secrets_manager.name.clone(),
-            tags: seen.owner.map(|o| (OWNER_TAG.to_owned(), o)).into_iter().collect(),
+            tags: seen
+                .owner
+                .map(|o| (OWNER_TAG.to_owned(), o))
+                .into_iter()
+                .collect(),
             current_version: seen.version,
             rotation_enabled: status.rotation_enabled.unwrap_or(false),
             last_rotated: status.last_rotated_date.clone(),
@@ -257,9 +302,16 @@ impl Context {
     }
 }
 
+/// The generation last converged and when (`None`: converge on the next reconcile).
+type Converged = (Option<i64>, Option<Instant>);
 
-/// The generation last converged and when.
-type Converged = (Option<i64>, Instant);
+/// Ready at the current generation: a previous process converged it.
+fn ready_at_generation(rs: &RotatedSecret) -> bool {
+    rs.status.as_ref().is_some_and(|s| {
+        s.observed_generation == rs.metadata.generation
+            && conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.is_true())
+    })
+}
 
 /// A ClientRequestToken (UUID-shaped, as AWS wants) derived from the
 /// object's uid and a purpose, so a retried write is recognised by AWS as
@@ -475,7 +527,8 @@ fn record_check_time(run: &mut Run<'_>) {
         return;
     };
     let recorded: Option<Timestamp> = run.status.last_check_time.as_deref().and_then(|t| t.parse().ok());
-    let old = recorded.is_none_or(|t| seen.wall.as_second() - t.as_second() >= run.ctx.drift_interval.as_secs() as i64);
+    let old = recorded
+        .is_none_or(|t| seen.wall.as_second() - t.as_second() >= run.ctx.drift_interval.as_secs() as i64);
     if old || run.status != run.saved {
         run.status.last_check_time = Some(seen.wall.to_string());
     }
@@ -523,7 +576,9 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     let written = sync::sync_secret(run, &desc)
         .await
         .map_err(|e| (Stage::Sync, e))?;
-    sync::rollout(run, &written).await.map_err(|e| (Stage::Rollout, e))?;
+    sync::rollout(run, &written)
+        .await
+        .map_err(|e| (Stage::Rollout, e))?;
     if converge {
         run.ctx.mark_converged(rs);
     }
@@ -647,14 +702,20 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
     let mut runs = Vec::new();
     for scope in scopes {
         let (rs_api, secret_api): (Api<RotatedSecret>, Api<PartialObjectMeta<Secret>>) = match &scope {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         // Metadata only, and only rotor's Secrets: no other Secret's data is
         // ever held in memory.
-        let owned = watcher(secret_api, watcher::Config::default().labels(&mirror::managed_selector()))
-            .default_backoff()
-            .touched_objects();
+        let owned = watcher(
+            secret_api,
+            watcher::Config::default().labels(&mirror::managed_selector()),
+        )
+        .default_backoff()
+        .touched_objects();
         // Status-only updates (rotor's own writes) do not trigger a reconcile;
         // spec, annotation (rotate-now) and finalizer changes do.
         let (reader, writer) = reflector::store();
@@ -698,7 +759,12 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let sqs = ctx.aws.sqs(&queue_url);
         info!(%queue_url, "consuming Secrets Manager events");
-        tokio::spawn(crate::aws::events::consume(sqs, queue_url, tx, ctx.metrics.clone()));
+        tokio::spawn(crate::aws::events::consume(
+            sqs,
+            queue_url,
+            tx,
+            ctx.metrics.clone(),
+        ));
         tokio::spawn(poller::event_loop(ctx.clone(), pollers.clone(), rx));
     }
     tokio::spawn(async move {

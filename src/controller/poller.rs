@@ -18,9 +18,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc::Receiver;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{Context, Seen};
+use super::{Context, Seen, drift};
 use crate::api::RotatedSecret;
 use crate::aws::events::SecretChange;
 
@@ -101,7 +101,10 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                     wall: Timestamp::now(),
                 },
             );
-            let Some((ns, name)) = entry.owner.as_deref().and_then(|o| o.strip_prefix(&prefix)?.split_once('/'))
+            let Some((ns, name)) = entry
+                .owner
+                .as_deref()
+                .and_then(|o| o.strip_prefix(&prefix)?.split_once('/'))
             else {
                 continue;
             };
@@ -110,6 +113,14 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 let Some(rs) = scope.store.get(&key) else { continue };
                 let status = rs.status.as_ref();
                 if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
+                    continue;
+                }
+                if status.and_then(|s| s.observed_generation) == rs.metadata.generation
+                    && let Some(what) = drift::drifted(&rs, &entry)
+                    && ctx.request_converge(&rs)
+                {
+                    info!(namespace = rs.namespace(), name = %rs.name_any(), what, "AWS drifted from the spec");
+                    scope.send(&rs);
                     continue;
                 }
                 let synced = status.and_then(|s| s.synced_version_id.as_deref());
