@@ -121,7 +121,8 @@ impl Default for Metrics {
             "New AWSCURRENT versions noticed, by what noticed them (sweep, describe, event)",
             rotations_observed.clone(),
         );
-        let latency_buckets = || Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0]);
+        let latency_buckets =
+            || Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0]);
         let rotation_to_secret = latency_buckets();
         registry.register(
             "rotation_to_secret_seconds",
@@ -135,7 +136,11 @@ impl Default for Metrics {
             rotation_to_rollout.clone(),
         );
         let restarts = Family::<KindLabels, Counter>::default();
-        registry.register("restarts", "Workloads restarted for a new version, by kind", restarts.clone());
+        registry.register(
+            "restarts",
+            "Workloads restarted for a new version, by kind",
+            restarts.clone(),
+        );
         let check_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "version_check_age_seconds",
@@ -143,7 +148,11 @@ impl Default for Metrics {
             check_age.clone(),
         );
         let sweeps = Family::<OutcomeLabels, Counter>::default();
-        registry.register("version_sweeps", "ListSecrets sweeps of the version poller", sweeps.clone());
+        registry.register(
+            "version_sweeps",
+            "ListSecrets sweeps of the version poller",
+            sweeps.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -192,7 +201,9 @@ impl Metrics {
     }
 
     pub fn rotation_observed(&self, source: &'static str) {
-        self.rotations_observed.get_or_create(&SourceLabels { source }).inc();
+        self.rotations_observed
+            .get_or_create(&SourceLabels { source })
+            .inc();
     }
 
     pub fn rotation_reached_secret(&self, since_detected: Duration) {

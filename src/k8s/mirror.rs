@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use minijinja::{Environment, UndefinedBehavior};
@@ -164,7 +164,12 @@ impl Written {
 
 /// Server-side applies the Secret with rotor's field manager. Only fields
 /// rotor sets are owned, so other managers' labels or annotations survive.
-pub async fn apply(api: &Api<Secret>, rs: &RotatedSecret, written: &Written, data: &SecretData) -> Result<()> {
+pub async fn apply(
+    api: &Api<Secret>,
+    rs: &RotatedSecret,
+    written: &Written,
+    data: &SecretData,
+) -> Result<()> {
     let target = &rs.spec.target;
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
