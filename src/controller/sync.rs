@@ -120,7 +120,8 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
         ctx.clear_detected(rs);
         return Ok(());
     }
-    let (Some(version), Some(initial)) = (written.version.as_deref(), written.initial_version.as_deref()) else {
+    let (Some(version), Some(initial)) = (written.version.as_deref(), written.initial_version.as_deref())
+    else {
         return Ok(());
     };
     if !ctx.workloads.is_ready() {
@@ -172,7 +173,10 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
                     EventType::Normal,
                     "RolledOut",
                     "Restart",
-                    format!("Restarted {kind} {} for AWS version {version} of Secret {secret}", w.name),
+                    format!(
+                        "Restarted {kind} {} for AWS version {version} of Secret {secret}",
+                        w.name
+                    ),
                 )
                 .await;
             }
