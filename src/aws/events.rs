@@ -41,15 +41,14 @@
 //! logged or put into an error, only the SQS message id.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{Aws, AwsError};
+use super::{Aws, counted};
 use crate::telemetry::Metrics;
 
 /// Long-poll wait of each ReceiveMessage (the SQS maximum).
@@ -398,26 +397,6 @@ impl Aws {
                 .build(),
         )
     }
-}
-
-/// Runs one SQS call, counted like [`Aws::call`] under `rotor_aws_calls`.
-async fn counted<T, E, R>(
-    metrics: &Metrics,
-    operation: &'static str,
-    fut: impl Future<Output = Result<T, SdkError<E, R>>>,
-) -> Result<T, AwsError>
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
-{
-    let start = Instant::now();
-    let res = fut.await.map_err(|e| AwsError::from_sdk(operation, e));
-    let outcome = match &res {
-        Ok(_) => "success",
-        Err(e) => e.kind.as_str(),
-    };
-    metrics.aws_call(operation, outcome, start.elapsed());
-    res
 }
 
 /// Exponential backoff with jitter: each delay is drawn from the upper half of

@@ -139,6 +139,27 @@ impl AwsError {
     }
 }
 
+/// Runs one AWS call of any service, counting it by operation and outcome
+/// under `rotor_aws_calls`.
+pub async fn counted<T, E, R>(
+    metrics: &Metrics,
+    operation: &'static str,
+    fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, AwsError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let res = fut.await.map_err(|e| AwsError::from_sdk(operation, e));
+    let outcome = match &res {
+        Ok(_) => "success",
+        Err(e) => e.kind.as_str(),
+    };
+    metrics.aws_call(operation, outcome, start.elapsed());
+    res
+}
+
 /// Secrets Manager and KMS clients for one region.
 #[derive(Clone)]
 pub struct RegionClients {
@@ -222,14 +243,7 @@ impl Aws {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug,
     {
-        let start = Instant::now();
-        let res = fut.await.map_err(|e| AwsError::from_sdk(operation, e));
-        let outcome = match &res {
-            Ok(_) => "success",
-            Err(e) => e.kind.as_str(),
-        };
-        self.metrics.aws_call(operation, outcome, start.elapsed());
-        res
+        counted(&self.metrics, operation, fut).await
     }
 
     /// Runs one AWS write within the region's write budget; throttling
