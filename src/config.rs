@@ -63,6 +63,24 @@ pub struct RunArgs {
     /// then reach the Secret within seconds. Polling stays as the fallback.
     #[arg(long, env = "ROTOR_EVENTS_QUEUE_URL")]
     pub events_queue_url: Option<String>,
+
+    /// Run several replicas for availability: only the holder of a Lease
+    /// reconciles; the others wait to take over.
+    #[arg(long, env = "ROTOR_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease (the chart passes the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Name of the Lease.
+    #[arg(long, env = "ROTOR_LEADER_ELECTION_LEASE", default_value = "rotor")]
+    pub leader_election_lease: String,
+
+    /// How long a leader that stopped renewing keeps the Lease before a
+    /// standby replica takes over.
+    #[arg(long, env = "ROTOR_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -237,7 +237,10 @@ pub struct Readiness(AtomicBool);
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.set(true);
+    }
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
     }
     fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)

@@ -34,6 +34,7 @@ use crate::api::{OWNER_TAG, RotatedSecret, RotatedSecretStatus, duration, valida
 use crate::aws::Aws;
 use crate::aws::secrets::Description;
 use crate::config::{AdoptionPolicy, RunArgs};
+use crate::k8s::leader::Elector;
 use crate::k8s::mirror;
 use crate::k8s::rollout::Workloads;
 use crate::telemetry::{Metrics, Readiness};
@@ -668,6 +669,24 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
     };
     let recorder = Recorder::new(client.clone(), reporter.clone());
 
+    let elector = args.leader_election.then(|| {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("rotor-{:08x}", rand::rng().random::<u32>()));
+        Elector::new(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.leader_election_lease,
+            identity,
+            args.leader_election_lease_duration,
+        )
+    });
+    if let Some(elector) = &elector {
+        // A standby replica is healthy and ready to take over.
+        readiness.set(true);
+        elector.acquire().await;
+        readiness.set(false);
+    }
+
     // One controller per watched namespace (or one for all): the API has no
     // multi-namespace watch, and separate stores keep their resyncs apart.
     let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
@@ -779,7 +798,19 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         info!("caches synced");
         readiness.set_ready();
     });
-    future::join_all(runs).await;
+    let controllers = future::join_all(runs);
+    match elector {
+        None => {
+            controllers.await;
+        }
+        Some(elector) => {
+            tokio::select! {
+                _ = controllers => {}
+                _ = elector.hold() => return Err("lost the leader lease; exiting so a standby can take over".into()),
+            }
+            elector.release().await;
+        }
+    }
     info!("controller stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Kubernetes-side children of a RotatedSecret.
 
+pub mod leader;
 pub mod mirror;
 pub mod rollout;
 

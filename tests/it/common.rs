@@ -181,6 +181,11 @@ impl Env {
         self.rotor = Some(Rotor::start(&self.ns, extra, endpoint));
     }
 
+    /// Another rotor process for this namespace, alongside `self.rotor`.
+    pub fn spawn_rotor(&self, extra: &[&str]) -> Rotor {
+        Rotor::start(&self.ns, extra, &testbed().aws_endpoint)
+    }
+
     pub fn aws_name(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

@@ -4,6 +4,7 @@
 mod common;
 mod crd;
 mod events;
+mod leader;
 mod proxy;
 mod rollout_discovery;
 mod sync;
