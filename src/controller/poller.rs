@@ -56,16 +56,30 @@ fn interval(ctx: &Context, scopes: &[Scope]) -> Duration {
 }
 
 pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
-    for scope in &scopes {
-        let _ = scope.store.wait_until_ready().await;
-    }
+    // No `store.wait_until_ready()` here. kube-runtime 5's store readiness
+    // (a futures oneshot behind `DelayedInit`) keeps only the waker of the
+    // last task that polled it, and the controller's own applier waits on
+    // this same store: with a second waiter, one of them is never woken.
+    // Seen on the test bed: this loop never ran a single sweep, so every
+    // object fell back to DescribeSecret each refresh. The sweep does not
+    // need a listed store anyway: it records what AWS says for every owned
+    // secret, and an object missing from the store now gets its own first
+    // reconcile when the store lists it.
+    let mut last: Option<Instant> = None;
     loop {
         let every = interval(&ctx, &scopes);
         ctx.set_poll_interval(every);
-        let started = Instant::now();
-        let ok = sweep(&ctx, &mut scopes).await;
-        ctx.metrics.sweep(ok, oldest_check(&ctx, &scopes));
-        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+        if last.is_none_or(|t| t.elapsed() >= every) {
+            last = Some(Instant::now());
+            let ok = sweep(&ctx, &mut scopes).await;
+            ctx.metrics.sweep(ok, oldest_check(&ctx, &scopes));
+        }
+        // Recompute the interval at least every `min_refresh`: an object
+        // created with a shorter refreshInterval than the current interval
+        // (or the first one, after an idle 60 s start) must not wait for the
+        // long sleep to end before its rotations are noticed.
+        let due = every.saturating_sub(last.map_or(Duration::ZERO, |t| t.elapsed()));
+        tokio::time::sleep(due.min(ctx.min_refresh).max(Duration::from_millis(100))).await;
     }
 }
 
