@@ -155,7 +155,10 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
         }
         let kind = kind_str(w.kind);
         match rollout::roll(&ctx.client, &ns, w.kind, &w.name, &key, version).await {
-            Ok(()) => {
+            // Already at this version: the workload cache lagged behind an
+            // earlier roll. Not a restart, so no Event and no count.
+            Ok(false) => {}
+            Ok(true) => {
                 restarted += 1;
                 ctx.metrics.restarted(kind);
                 info!(kind, workload = %w.name, version, "restarted workload");

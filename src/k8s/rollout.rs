@@ -537,8 +537,9 @@ fn kind_name(kind: WorkloadKind) -> &'static str {
 /// Restarts a workload for `version` by server-side applying only
 /// `spec.template.metadata.annotations[key] = version` (forced, with the
 /// manager from [`field_manager`]). Applying the value the template already
-/// has changes nothing and restarts nothing. A missing workload is a
-/// NotFound error; nothing is created.
+/// has changes nothing and restarts nothing. Returns whether the pod
+/// template changed (a restart), from the workload's generation. A missing
+/// workload is a NotFound error; nothing is created.
 pub async fn roll(
     client: &Client,
     ns: &str,
@@ -546,7 +547,7 @@ pub async fn roll(
     name: &str,
     key: &str,
     version: &str,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     match kind {
         WorkloadKind::Deployment => apply_annotation::<Deployment>(client, ns, name, key, version).await,
         WorkloadKind::StatefulSet => apply_annotation::<StatefulSet>(client, ns, name, key, version).await,
@@ -560,7 +561,7 @@ async fn apply_annotation<K: PodTemplated>(
     name: &str,
     key: &str,
     version: &str,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     // An apply on a missing object is a create. The metadata GET turns a
     // workload deleted since the cache saw it into a plain NotFound. A
@@ -570,13 +571,17 @@ async fn apply_annotation<K: PodTemplated>(
     // anything either: the partial object has no selector and no containers,
     // which API validation requires of every apps/v1 workload, so it fails
     // with Invalid.
-    if api.get_metadata_opt(name).await?.is_none() {
+    let Some(before) = api.get_metadata_opt(name).await? else {
         return Err(not_found(K::KIND, name));
-    }
+    };
     let patch = template_annotation_patch(K::KIND, name, key, version);
     let pp = PatchParams::apply(&field_manager(key)).force();
-    api.patch_metadata(name, &pp, &Patch::Apply(&patch)).await?;
-    Ok(())
+    let after = api.patch_metadata(name, &pp, &Patch::Apply(&patch)).await?;
+    // The cache rollout decides from can lag behind a roll rotor made a
+    // moment ago (the Secret write re-triggers the reconcile at once); the
+    // apply is then a no-op, and the caller must not report it as a restart
+    // (a second RolledOut Event, rotor_restarts_total).
+    Ok(after.metadata.generation != before.metadata.generation)
 }
 
 fn not_found(kind: WorkloadKind, name: &str) -> kube::Error {
