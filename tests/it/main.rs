@@ -4,6 +4,7 @@
 mod common;
 mod crd;
 mod events;
+mod follow;
 mod leader;
 mod proxy;
 mod rollout_discovery;
