@@ -432,18 +432,39 @@ impl Workloads {
 
     /// Resolves once every cache has listed its objects: nothing may be
     /// restarted before that. Errors only if the driver future was dropped.
+    ///
+    /// Polls instead of awaiting the stores: kube-runtime 5's store
+    /// readiness wakes only the last task that polled it, and
+    /// [`Workloads::is_ready`] polls it from reconciles (with a no-op
+    /// waker), which would leave an awaiting task asleep forever.
     pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
-        for scope in &self.scopes {
-            scope.deployments.wait_until_ready().await?;
-            scope.stateful_sets.wait_until_ready().await?;
-            scope.daemon_sets.wait_until_ready().await?;
+        loop {
+            if let Some(ready) = self.check_ready() {
+                return ready;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
     /// Whether every cache has listed its objects (without waiting).
     pub fn is_ready(&self) -> bool {
-        matches!(self.wait_until_ready().now_or_never(), Some(Ok(())))
+        matches!(self.check_ready(), Some(Ok(())))
+    }
+
+    /// `None` while some cache has not listed yet.
+    fn check_ready(&self) -> Option<Result<(), WriterDropped>> {
+        for scope in &self.scopes {
+            for ready in [
+                scope.deployments.wait_until_ready().now_or_never()?,
+                scope.stateful_sets.wait_until_ready().now_or_never()?,
+                scope.daemon_sets.wait_until_ready().now_or_never()?,
+            ] {
+                if let Err(e) = ready {
+                    return Some(Err(e));
+                }
+            }
+        }
+        Some(Ok(()))
     }
 
     /// `rollout.mode: Auto`: every Deployment, StatefulSet and DaemonSet in
