@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(rotor::config::RunArgs),
+    Run(Box<rotor::config::RunArgs>),
     /// Print the RotatedSecret CustomResourceDefinition as YAML.
     Crd,
 }
@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
                 readiness.clone(),
             ));
             let result = tokio::select! {
-                r = rotor::controller::run(args, metrics, readiness) => r,
+                r = rotor::controller::run(*args, metrics, readiness) => r,
                 r = server => Err(format!("metrics server stopped: {r:?}")),
             };
             match result {

@@ -12,11 +12,12 @@ mod provision;
 mod sync;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -623,6 +624,28 @@ fn merge_diff(old: &RotatedSecretStatus, new: &RotatedSecretStatus) -> serde_jso
     serde_json::Value::Object(diff)
 }
 
+/// Publishes a Normal Event about another object (a restarted workload).
+async fn publish_about(
+    ctx: &Context,
+    regarding: ObjectReference,
+    related: Option<ObjectReference>,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: related,
+    };
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &regarding).await {
+        warn!(error = %e, "publishing event failed");
+    }
+}
+
 /// Publishes an Event; failing to publish is logged, never fails a reconcile.
 async fn publish(
     ctx: &Context,
@@ -719,6 +742,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
 
     let mut pollers = Vec::new();
     let mut runs = Vec::new();
+    let mut synced = Vec::new();
     for scope in scopes {
         let (rs_api, secret_api): (Api<RotatedSecret>, Api<PartialObjectMeta<Secret>>) = match &scope {
             Some(ns) => (
@@ -738,9 +762,19 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         // Status-only updates (rotor's own writes) do not trigger a reconcile;
         // spec, annotation (rotate-now) and finalizer changes do.
         let (reader, writer) = reflector::store();
+        // Readiness is read off the stream (InitDone) rather than awaited on
+        // the store: kube's Store::wait_until_ready wakes only one waiter.
+        let listed = Arc::new(AtomicBool::new(false));
+        let listed_flag = listed.clone();
+        synced.push(listed);
         let objects = watcher(rs_api, watcher::Config::default().any_semantic())
             .default_backoff()
             .reflect(writer)
+            .inspect(move |e| {
+                if matches!(e, Ok(watcher::Event::InitDone)) {
+                    listed_flag.store(true, Ordering::Relaxed);
+                }
+            })
             .applied_objects()
             .predicate_filter(
                 predicates::generation
@@ -787,13 +821,8 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         tokio::spawn(poller::event_loop(ctx.clone(), pollers.clone(), rx));
     }
     tokio::spawn(async move {
-        for p in &pollers {
-            if p.store.wait_until_ready().await.is_err() {
-                return;
-            }
-        }
-        if workloads.wait_until_ready().await.is_err() {
-            return;
+        while !(synced.iter().all(|s| s.load(Ordering::Relaxed)) && workloads.is_ready()) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         info!("caches synced");
         readiness.set_ready();

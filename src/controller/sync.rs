@@ -1,14 +1,15 @@
 //! The mirror and rollout stages: AWSCURRENT into the target Secret, then a
 //! restart of the workloads that still run an older version.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 use tracing::info;
 
-use super::Run;
+use super::{Run, publish_about};
 use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
 use crate::aws::secrets::Description;
 use crate::k8s::mirror::{self, Written};
@@ -172,13 +173,24 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
                 list.retain(|r| !(r.kind == entry.kind && r.name == entry.name));
                 list.insert(0, entry);
                 list.truncate(MAX_ROLLED_OUT);
-                run.event(
-                    EventType::Normal,
+                // On the workload, where `kubectl describe` shows why it
+                // restarted; related to the RotatedSecret that caused it.
+                let workload = ObjectReference {
+                    api_version: Some("apps/v1".to_owned()),
+                    kind: Some(kind.to_owned()),
+                    name: Some(w.name.clone()),
+                    namespace: Some(ns.clone()),
+                    ..ObjectReference::default()
+                };
+                publish_about(
+                    ctx,
+                    workload,
+                    Some(rs.object_ref(&())),
                     "RolledOut",
                     "Restart",
                     format!(
-                        "Restarted {kind} {} for AWS version {version} of Secret {secret}",
-                        w.name
+                        "Restarted for AWS version {version} of Secret {secret} (RotatedSecret {})",
+                        rs.name_any()
                     ),
                 )
                 .await;

@@ -427,6 +427,16 @@ impl Rotor {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits for /readyz to answer 200 (caches synced).
+    pub async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        eventually("/readyz to be 200", Duration::from_secs(20), || async {
+            let out = Command::new("curl").args(["-sf", &url]).output().ok()?;
+            out.status.success().then_some(())
+        })
+        .await
+    }
+
     pub async fn metrics(&self) -> String {
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
         eventually("metrics endpoint", Duration::from_secs(10), || async {

@@ -234,13 +234,24 @@ async fn wait_rolled(env: &Env, name: &str, version: &str) -> RotatedSecret {
     .await
 }
 
-/// RolledOut Events naming `kind name` for `version`.
+/// RolledOut Events on workload `kind name` for `version` (recorded on the
+/// workload, related to the RotatedSecret).
 async fn rolled_out_events(env: &Env, kind: WorkloadKind, name: &str, version: &str) -> usize {
-    let needle = format!("Restarted {} {name} for AWS version {version} ", kind_name(kind));
+    let needle = format!("Restarted for AWS version {version} ");
     env.events()
         .await
         .iter()
         .filter(|e| e.reason.as_deref() == Some("RolledOut"))
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some(kind_name(kind)) && r.name.as_deref() == Some(name)
+            })
+        })
+        .filter(|e| {
+            e.related
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some("RotatedSecret"))
+        })
         .filter(|e| e.note.as_deref().is_some_and(|n| n.contains(&needle)))
         .count()
 }

@@ -67,6 +67,7 @@ async fn json_secret_is_mirrored_with_status_and_events() {
     })
     .await;
 
+    env.rotor.as_ref().unwrap().wait_ready().await;
     let metrics = env.rotor.as_ref().unwrap().metrics().await;
     assert!(
         metrics.contains("rotor_aws_calls_total{operation=\"GetSecretValue\",outcome=\"success\"}"),
