@@ -39,6 +39,16 @@ impl KeyInfo {
     }
 }
 
+fn key_info(m: &aws_sdk_kms::types::KeyMetadata) -> KeyInfo {
+    KeyInfo {
+        arn: m.arn().unwrap_or_default().to_owned(),
+        key_id: m.key_id().to_owned(),
+        state: m.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        spec: m.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        usage: m.key_usage().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+    }
+}
+
 impl Aws {
     /// DescribeKey by key id, key ARN, alias name or alias ARN; `None` if missing.
     pub async fn describe_key(&self, rc: &RegionClients, id: &str) -> Result<Option<KeyInfo>, AwsError> {
@@ -50,16 +60,67 @@ impl Aws {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some(m) = out.key_metadata() else {
-            return Ok(None);
-        };
-        Ok(Some(KeyInfo {
-            arn: m.arn().unwrap_or_default().to_owned(),
-            key_id: m.key_id().to_owned(),
-            state: m.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            spec: m.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            usage: m.key_usage().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        }))
+        Ok(out.key_metadata().map(key_info))
+    }
+
+    /// Finds the enabled key that CreateKey made for `owner` with
+    /// `description` when its response was lost (or rotor stopped before
+    /// recording it). KMS CreateKey takes no idempotency token, so without
+    /// this a retry would make a second key, billed every month. It pages
+    /// through ListKeys and reads each key's tags, so callers use it only
+    /// after an unfinished creation, never on the normal path.
+    pub async fn find_created_key(
+        &self,
+        rc: &RegionClients,
+        owner: &str,
+        description: &str,
+    ) -> Result<Option<KeyInfo>, AwsError> {
+        let mut marker = None;
+        loop {
+            let page = match self
+                .call(
+                    "ListKeys",
+                    rc.kms.list_keys().limit(1000).set_marker(marker).send(),
+                )
+                .await
+            {
+                Ok(page) => page,
+                // Without kms:ListKeys, fall back to creating (a possible
+                // duplicate key) rather than blocking the object forever.
+                Err(e) if e.kind == AwsErrorKind::AccessDenied => {
+                    tracing::warn!(error = %e, "cannot look for a key from an unfinished CreateKey");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            for id in page.keys().iter().filter_map(|k| k.key_id()) {
+                match self.key_owner(rc, id).await {
+                    Ok(Some(o)) if o == owner => {}
+                    Ok(_) => continue,
+                    // AWS-managed keys and keys rotor may not read are not rotor's.
+                    Err(e) if e.is_not_found() || e.kind == AwsErrorKind::AccessDenied => continue,
+                    Err(e) => return Err(e),
+                }
+                let out = match self
+                    .call("DescribeKey", rc.kms.describe_key().key_id(id).send())
+                    .await
+                {
+                    Ok(out) => out,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                if let Some(m) = out.key_metadata()
+                    && m.description() == Some(description)
+                    && key_info(m).unusable_reason().is_none()
+                {
+                    return Ok(Some(key_info(m)));
+                }
+            }
+            marker = page.next_marker().map(str::to_owned);
+            if !page.truncated() || marker.is_none() {
+                return Ok(None);
+            }
+        }
     }
 
     /// Creates a SYMMETRIC_DEFAULT key tagged with its creator.

@@ -74,7 +74,11 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
         None => create_key(run, &rc, alias.expect("checked above")).await?,
     };
     if let Some(problem) = key.unusable_reason() {
-        return Err(refused("KmsKeyUnusable", problem));
+        // Name the field, as every other spec problem does.
+        return Err(refused(
+            "KmsKeyUnusable",
+            format!("secretsManager.kmsKey {lookup:?}: {problem}"),
+        ));
     }
     run.status.kms_key_arn = Some(key.arn.clone());
     run.set(
@@ -93,6 +97,7 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
 async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Result<KeyInfo> {
     let (rs, ctx) = (run.rs, run.ctx);
     let me = ctx.owner_tag_value(rs);
+    let description = format!("rotor: {alias} (created for {me})");
     let mut reusable = None;
     if let Some(arn) = run.status.kms_key_arn.clone()
         && let Some(key) = ctx.aws.describe_key(rc, &arn).await?
@@ -101,14 +106,38 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
     {
         reusable = Some(key);
     }
+    // CreateKey takes no idempotency token: when its response was lost (or
+    // rotor stopped before saving the ARN) the key exists but status does
+    // not name it, and creating again would leave a second, billed key.
+    // KmsKeyReady is False after such an unfinished attempt (it is set to
+    // CreatingKey before the call), so only then look for that key by its
+    // tags; the normal path costs no scan.
+    let unfinished = run
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::KMS_KEY_READY && !c.is_true());
+    if reusable.is_none()
+        && unfinished
+        && let Some(key) = ctx.aws.find_created_key(rc, &me, &description).await?
+    {
+        info!(key = %key.arn, alias, "found the key an unfinished CreateKey made");
+        run.status.kms_key_arn = Some(key.arn.clone());
+        run.save().await?;
+        reusable = Some(key);
+    }
     let key = match reusable {
         Some(key) => key,
         None => {
             run.ensure_finalizer().await?;
-            let key = ctx
-                .aws
-                .create_key(rc, &format!("rotor: {alias} (created for {me})"), &me)
-                .await?;
+            run.set(
+                conditions::KMS_KEY_READY,
+                false,
+                "CreatingKey",
+                format!("creating a KMS key for {alias}"),
+            );
+            run.save().await?;
+            let key = ctx.aws.create_key(rc, &description, &me).await?;
             run.status.kms_key_arn = Some(key.arn.clone());
             run.save().await?;
             info!(key = %key.arn, alias, "created KMS key");
@@ -427,7 +456,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
         if desc.rotation_enabled && run.status.managed_rotation {
             ctx.aws.cancel_rotation(&rc, &desc.arn).await?;
             run.status.managed_rotation = false;
-            run.status.rotation_enabled = Some(false);
+            refresh_rotation_status(run, &rc, &desc.arn).await?;
             run.event(
                 EventType::Normal,
                 "RotationCancelled",
@@ -465,7 +494,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
             )
             .await?;
         run.status.managed_rotation = true;
-        run.status.rotation_enabled = Some(true);
+        refresh_rotation_status(run, &rc, &desc.arn).await?;
         run.event(
             EventType::Normal,
             "RotationConfigured",
@@ -513,6 +542,19 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
         "Configured",
         format!("rotation {} with {}", rotation.schedule, rotation.lambda_arn),
     );
+    Ok(())
+}
+
+/// Reads the rotation state back after changing it. AWS computes
+/// nextRotationDate from the new configuration, and between convergences
+/// status keeps what was last described, so without this status would show
+/// no (or a stale) nextRotationDate until the next drift check.
+async fn refresh_rotation_status(run: &mut Run<'_>, rc: &RegionClients, arn: &str) -> Result<()> {
+    if let Some(d) = run.ctx.aws.describe_secret(rc, arn).await? {
+        run.status.rotation_enabled = Some(d.rotation_enabled);
+        run.status.last_rotated_date = d.last_rotated;
+        run.status.next_rotation_date = d.next_rotation;
+    }
     Ok(())
 }
 
