@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use super::{Context, FINALIZER, publish, set_finalizers};
 use crate::api::{DeletionPolicy, OWNER_TAG, RotatedSecret};
 use crate::aws::RegionClients;
-use crate::aws::secrets::Description;
 use crate::{Error, Result};
 
 const DEFAULT_RECOVERY_DAYS: i64 = 30;
@@ -74,14 +73,25 @@ pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
 }
 
 async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
-    let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) else {
-        return Ok(());
-    };
     let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
-    let Some(desc) = ctx.aws.describe_secret(&rc, &arn).await? else {
+    let me = ctx.owner_tag_value(rs);
+    let delete = rs.spec.secrets_manager.deletion_policy == DeletionPolicy::Delete;
+    let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) else {
+        // No secret was recorded, but this object may have created a key.
+        if delete {
+            release_key(rs, ctx, &rc, None, &me).await?;
+        }
         return Ok(());
     };
-    let me = ctx.owner_tag_value(rs);
+    let Some(desc) = ctx.aws.describe_secret(&rc, &arn).await? else {
+        // Already gone, possibly deleted without recovery by an earlier
+        // attempt that then failed on the key: the key still needs releasing,
+        // or it would be left behind for good.
+        if delete {
+            release_key(rs, ctx, &rc, Some(&arn), &me).await?;
+        }
+        return Ok(());
+    };
     if desc.owner() != Some(me.as_str()) {
         info!(%arn, "AWS secret no longer owned by this object; leaving it");
         return Ok(());
@@ -127,7 +137,7 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
                 )
                 .await;
             }
-            release_key(rs, ctx, &rc, &desc, &me).await?;
+            release_key(rs, ctx, &rc, Some(&desc.arn), &me).await?;
         }
     }
     Ok(())
@@ -139,7 +149,7 @@ async fn release_key(
     rs: &RotatedSecret,
     ctx: &Context,
     rc: &RegionClients,
-    desc: &Description,
+    secret_arn: Option<&str>,
     me: &str,
 ) -> Result<(), Error> {
     let Some(spec) = rs.spec.secrets_manager.kms_key.as_ref().filter(|k| k.create) else {
@@ -156,7 +166,7 @@ async fn release_key(
     }
     let alias = spec.alias.as_deref();
     let in_use = ctx.aws.list_owned(rc, None).await?.into_iter().any(|s| {
-        s.arn != desc.arn
+        Some(s.arn.as_str()) != secret_arn
             && s.kms_key_id
                 .as_deref()
                 .is_some_and(|k| k == key.arn || k == key.key_id || Some(k) == alias)
