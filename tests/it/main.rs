@@ -6,6 +6,7 @@ mod crd;
 mod events;
 mod follow;
 mod leader;
+mod provision;
 mod proxy;
 mod rollout_discovery;
 mod sync;
