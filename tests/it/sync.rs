@@ -375,3 +375,50 @@ async fn invalid_spec_is_a_condition_that_says_how_to_fix_it() {
         .await;
     assert!(condition(&rs, "Synced").unwrap().message.contains("initialValue"));
 }
+
+#[tokio::test]
+async fn access_denied_and_throttling_keep_the_secret_and_say_why() {
+    let mut env = Env::new().await;
+    env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
+    let proxy = crate::proxy::AwsProxy::start(&crate::common::testbed().aws_endpoint);
+    env.start_rotor_with_endpoint(&[], &proxy.url);
+    let spec = |label: &str| {
+        json!({"secretsManager": {"name": env.aws_name("db")}, "refreshInterval": "1s",
+               "target": {"labels": {"step": label}}})
+    };
+    env.apply_rs("db", spec("one")).await;
+    env.wait_condition("db", "Ready", "True", "Ready").await;
+    let before = env.secret_data("db").await.unwrap();
+
+    // IAM takes rotor's permissions away: every call is denied.
+    proxy.fault_spec(json!({"operation": "*", "count": -1, "kind": "error",
+                            "code": "AccessDeniedException", "status": 400}));
+    env.apply_rs("db", spec("two")).await;
+    let rs = env
+        .wait_condition("db", "SecretReady", "False", "AwsAccessDenied")
+        .await;
+    assert!(
+        condition(&rs, "SecretReady")
+            .unwrap()
+            .message
+            .contains("AccessDeniedException")
+    );
+    assert_eq!(condition(&rs, "Ready").unwrap().status, "False");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.secret_data("db").await.unwrap(), before, "the Secret is kept");
+
+    // Throttling: retried with backoff, the Secret still kept.
+    proxy.clear_faults();
+    proxy.fault_spec(json!({"operation": "*", "count": -1, "kind": "throttle"}));
+    env.apply_rs("db", spec("three")).await;
+    env.wait_condition("db", "SecretReady", "False", "AwsThrottled")
+        .await;
+    assert_eq!(env.secret_data("db").await.unwrap(), before);
+
+    // Permissions back: converges, with the latest spec.
+    proxy.clear_faults();
+    env.wait_condition("db", "Ready", "True", "Ready").await;
+    let s = env.secret_api().get("db").await.unwrap();
+    assert_eq!(s.metadata.labels.unwrap()["step"], "three");
+    env.assert_no_leak(&["Zq8-wVn3-secret-1"]).await;
+}
