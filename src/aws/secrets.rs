@@ -183,7 +183,10 @@ pub struct RotationRequest<'a> {
     pub schedule: &'a str,
     pub window: Option<&'a str>,
     pub rotate_immediately: bool,
-    pub request_token: &'a str,
+    /// Only for an immediate rotation, where it becomes the new version's id
+    /// and makes a retry harmless. A configuration-only call gets the SDK's
+    /// fresh token, so no token is ever reused for different requests.
+    pub request_token: Option<&'a str>,
 }
 
 /// One secret as ListSecrets returns it.
@@ -200,6 +203,8 @@ pub struct Listed {
     pub rotation_lambda_arn: Option<String>,
     pub schedule_expression: Option<String>,
     pub rotation_window: Option<String>,
+    /// Scheduled for deletion.
+    pub deleted: bool,
 }
 
 fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -415,7 +420,7 @@ impl Aws {
                 .rotation_lambda_arn(req.lambda_arn)
                 .rotation_rules(rules)
                 .rotate_immediately(req.rotate_immediately)
-                .client_request_token(req.request_token)
+                .set_client_request_token(req.request_token.map(str::to_owned))
                 .send(),
         )
         .await
@@ -523,6 +528,8 @@ impl Aws {
                     rc.secrets
                         .list_secrets()
                         .set_filters(Some(filters.clone()))
+                        // Secrets scheduled for deletion too: rotor restores its own.
+                        .include_planned_deletion(true)
                         .max_results(100)
                         .set_next_token(token)
                         .send(),
@@ -557,6 +564,7 @@ impl Aws {
                     rotation_lambda_arn: s.rotation_lambda_arn().map(str::to_owned),
                     schedule_expression: rules.and_then(|r| r.schedule_expression()).map(str::to_owned),
                     rotation_window: rules.and_then(|r| r.duration()).map(str::to_owned),
+                    deleted: s.deleted_date().is_some(),
                 });
             }
             token = page.next_token().map(str::to_owned);

@@ -167,6 +167,7 @@ async fn release_key(
     let alias = spec.alias.as_deref();
     let in_use = ctx.aws.list_owned(rc, None).await?.into_iter().any(|s| {
         Some(s.arn.as_str()) != secret_arn
+            && !s.deleted
             && s.kms_key_id
                 .as_deref()
                 .is_some_and(|k| k == key.arn || k == key.key_id || Some(k) == alias)

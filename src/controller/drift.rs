@@ -10,6 +10,9 @@ use crate::aws::secrets::Listed;
 pub fn drifted(rs: &RotatedSecret, listed: &Listed) -> Option<&'static str> {
     let sm = &rs.spec.secrets_manager;
     let status = rs.status.as_ref();
+    if listed.deleted {
+        return Some("scheduled for deletion");
+    }
     if sm
         .description
         .as_ref()
@@ -80,6 +83,7 @@ mod tests {
             rotation_lambda_arn: Some("arn:aws:lambda:us-east-1:123456789012:function:f".into()),
             schedule_expression: Some("rate(7 days)".into()),
             rotation_window: None,
+            deleted: false,
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Context {
     detected: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, Instant)>>,
     /// The sweep's interval, and when it last covered every region.
     sweep: Mutex<(Duration, Option<Instant>)>,
+    /// The status rotor last wrote per object (with the object's uid): only
+    /// the leader writes status, so this is never older than the cache.
+    statuses: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, RotatedSecretStatus)>>,
 }
 
 /// One observation of a secret's AWSCURRENT.
@@ -153,6 +156,22 @@ impl Context {
         self.failures.lock().expect("backoff lock").remove(&key);
         self.watching.lock().expect("watching lock").remove(&key);
         self.detected.lock().expect("detected lock").remove(&key);
+        self.statuses.lock().expect("statuses lock").remove(&key);
+    }
+
+    fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
+        let statuses = self.statuses.lock().expect("statuses lock");
+        let (uid, status) = statuses.get(&ObjectRef::from(rs))?;
+        (Some(uid) == rs.uid().as_ref()).then(|| status.clone())
+    }
+
+    fn remember_status(&self, rs: &RotatedSecret, status: &RotatedSecretStatus) {
+        if let Some(uid) = rs.uid() {
+            self.statuses
+                .lock()
+                .expect("statuses lock")
+                .insert(ObjectRef::from(rs), (uid, status.clone()));
+        }
     }
 
     pub fn record_seen(&self, arn: &str, seen: Seen) {
@@ -392,6 +411,7 @@ impl Run<'_> {
                 .await
                 .map_err(Error::Kube)?;
             self.saved = self.status.clone();
+            self.ctx.remember_status(self.rs, &self.status);
         }
         Ok(())
     }
@@ -464,7 +484,11 @@ fn backoff(attempts: u32) -> Duration {
 /// need the user (bad spec, ownership) requeue at the refresh interval;
 /// transient ones are returned so that `error_policy` backs off.
 async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
-    let old_status = rs.status.clone().unwrap_or_default();
+    // The cache can lag behind rotor's own last status write (a reconcile
+    // queued right behind another): start from what was last written.
+    let old_status = ctx
+        .last_status(rs)
+        .unwrap_or_else(|| rs.status.clone().unwrap_or_default());
     let mut run = Run {
         rs,
         ctx,
@@ -738,6 +762,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         watching: Mutex::default(),
         detected: Mutex::default(),
         sweep: Mutex::new((DEFAULT_REFRESH, None)),
+        statuses: Mutex::default(),
     });
 
     let mut pollers = Vec::new();

@@ -105,6 +105,35 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 continue;
             }
         };
+        let listed_arns: std::collections::HashSet<String> = listed.iter().map(|e| e.arn.clone()).collect();
+        for scope in scopes.iter_mut() {
+            // Gone from the sweep (deleted outside rotor): let the object
+            // describe itself and report it.
+            let vanished: Vec<_> = scope
+                .store
+                .state()
+                .into_iter()
+                .filter(|rs| {
+                    rs.spec
+                        .secrets_manager
+                        .region
+                        .as_deref()
+                        .unwrap_or(ctx.aws.default_region())
+                        == region
+                        && rs.metadata.deletion_timestamp.is_none()
+                        && rs
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.arn.as_ref())
+                            .is_some_and(|arn| !listed_arns.contains(arn))
+                })
+                .collect();
+            for rs in vanished {
+                if ctx.request_converge(&rs) {
+                    scope.send(&rs);
+                }
+            }
+        }
         for entry in listed {
             ctx.record_seen(
                 &entry.arn,

@@ -202,6 +202,22 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>, converge: b
 
     let desc = match ctx.aws.describe_secret(&rc, &sm.name).await? {
         Some(desc) => desc,
+        // This object's secret was deleted outside rotor (force delete, or
+        // the recovery window ran out): its value is gone. Creating a new
+        // one would hand the workloads a new generated password that nothing
+        // else knows, so the Secret is kept as it is and a person decides.
+        None if run.status.arn.is_some() => {
+            return Err(refused(
+                "SecretGone",
+                format!(
+                    "AWS secret {:?} ({}) was deleted outside rotor and its value is lost; the Kubernetes Secret \
+                     keeps the last value. Restore it under the same name, or delete and re-create this \
+                     RotatedSecret to create a new secret",
+                    sm.name,
+                    run.status.arn.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
         None => create_secret(run, &rc, key).await?,
     };
     let me = ctx.owner_tag_value(rs);
@@ -489,7 +505,9 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
                     schedule: &rotation.schedule,
                     window: rotation.window.as_deref(),
                     rotate_immediately: immediately,
-                    request_token: &request_token(rs, "first-rotation"),
+                    request_token: immediately
+                        .then(|| request_token(rs, "first-rotation"))
+                        .as_deref(),
                 },
             )
             .await?;
