@@ -136,13 +136,15 @@ impl Context {
     }
 
     /// Asks for a convergence on the next reconcile (drift seen by the
-    /// sweep), unless one ran within the last minute: a setting AWS reports
-    /// differently from how it was set must not loop.
-    fn request_converge(&self, rs: &RotatedSecret) -> bool {
+    /// sweep), unless one ran within the last minute and this is not `urgent`:
+    /// a setting AWS reports differently from how it was set must not loop,
+    /// but a secret scheduled for deletion or gone is looked at every sweep.
+    fn request_converge(&self, rs: &RotatedSecret, urgent: bool) -> bool {
         let mut converged = self.converged.lock().expect("converged lock");
         let key = ObjectRef::from(rs);
         if let Some((_, Some(at))) = converged.get(&key)
             && at.elapsed() < Duration::from_secs(60)
+            && !urgent
         {
             return false;
         }

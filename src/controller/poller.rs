@@ -129,7 +129,7 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 })
                 .collect();
             for rs in vanished {
-                if ctx.request_converge(&rs) {
+                if ctx.request_converge(&rs, true) {
                     scope.send(&rs);
                 }
             }
@@ -160,7 +160,7 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 }
                 if status.and_then(|s| s.observed_generation) == rs.metadata.generation
                     && let Some(what) = drift::drifted(&rs, &entry)
-                    && ctx.request_converge(&rs)
+                    && ctx.request_converge(&rs, entry.deleted)
                 {
                     info!(namespace = rs.namespace(), name = %rs.name_any(), what, "AWS drifted from the spec");
                     scope.send(&rs);

@@ -1347,17 +1347,8 @@ async fn an_owned_secret_scheduled_for_deletion_is_restored() {
         .await
         .unwrap();
     assert!(describe(&env, "back").await.deleted_date().is_some());
-    // The next reconcile restores it. Between spec changes rotor relies on
-    // its ListSecrets sweep, which does not list secrets scheduled for
-    // deletion, so a spec change makes sure a reconcile describes it.
-    env.apply_rs(
-        "back",
-        json!({
-            "secretsManager": {"name": env.aws_name("back"), "initialValue": {"string": "back-value-Lp0"}},
-            "refreshInterval": "2s",
-        }),
-    )
-    .await;
+    // No spec change: the sweep (which includes secrets scheduled for
+    // deletion) notices and the object restores its secret.
     eventually("restored", Duration::from_secs(20), || async {
         describe(&env, "back")
             .await
@@ -1376,6 +1367,53 @@ async fn an_owned_secret_scheduled_for_deletion_is_restored() {
     assert_eq!(env.secret_data("back").await.unwrap()["value"], "back-value-Lp0");
     assert_eq!(version_count(&env, "back").await, 1);
     env.assert_no_leak(&["back-value-Lp0"]).await;
+}
+
+/// A secret force-deleted outside rotor is not silently re-created with a
+/// new generated password: the Secret keeps the last value and the
+/// condition says what happened and what to do.
+#[tokio::test]
+async fn a_secret_deleted_outside_rotor_is_reported_not_recreated() {
+    let mut env = Env::new().await;
+    env.start_rotor(&[]);
+    let rs = apply_ready(
+        &env,
+        "gone",
+        json!({
+            "secretsManager": {"name": env.aws_name("gone"),
+                               "initialValue": {"generate": [{"key": "password", "length": 24}]}},
+            "refreshInterval": "1s",
+        }),
+    )
+    .await;
+    let arn = rs.status.unwrap().arn.unwrap();
+    let before = env.secret_data("gone").await.unwrap();
+    env.sm
+        .delete_secret()
+        .secret_id(&arn)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let rs = env
+        .wait_condition("gone", "SecretReady", "False", "SecretGone")
+        .await;
+    let msg = &condition(&rs, "SecretReady").unwrap().message;
+    assert!(msg.contains("re-create this RotatedSecret"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.secret_data("gone").await.unwrap(),
+        before,
+        "the Secret keeps its value"
+    );
+    let err = env
+        .sm
+        .describe_secret()
+        .secret_id(env.aws_name("gone"))
+        .send()
+        .await;
+    assert!(err.is_err(), "rotor did not create a new secret");
+    env.assert_no_leak(&[before["password"].as_str()]).await;
 }
 
 // ---------------------------------------------------------------------------
