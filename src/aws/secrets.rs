@@ -205,6 +205,8 @@ pub struct Listed {
     pub rotation_window: Option<String>,
     /// Scheduled for deletion.
     pub deleted: bool,
+    pub last_rotated: Option<String>,
+    pub next_rotation: Option<String>,
 }
 
 fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -565,6 +567,8 @@ impl Aws {
                     schedule_expression: rules.and_then(|r| r.schedule_expression()).map(str::to_owned),
                     rotation_window: rules.and_then(|r| r.duration()).map(str::to_owned),
                     deleted: s.deleted_date().is_some(),
+                    last_rotated: timestamp(s.last_rotated_date()),
+                    next_rotation: timestamp(s.next_rotation_date()),
                 });
             }
             token = page.next_token().map(str::to_owned);

@@ -84,6 +84,8 @@ mod tests {
             schedule_expression: Some("rate(7 days)".into()),
             rotation_window: None,
             deleted: false,
+            last_rotated: None,
+            next_rotation: None,
         }
     }
 

@@ -89,6 +89,9 @@ pub struct Seen {
     pub owner: Option<String>,
     pub at: Instant,
     pub wall: Timestamp,
+    /// Rotation dates as last seen, so status follows rotations without a describe.
+    pub last_rotated: Option<String>,
+    pub next_rotation: Option<String>,
 }
 
 impl Context {
@@ -176,8 +179,23 @@ impl Context {
         }
     }
 
-    pub fn record_seen(&self, arn: &str, seen: Seen) {
+    pub fn record_seen_as(&self, arn: &str, seen: Seen) {
         self.seen.lock().expect("seen lock").insert(arn.to_owned(), seen);
+    }
+
+    /// Records what a DescribeSecret just showed.
+    pub fn record_seen(&self, desc: &Description) {
+        self.record_seen_as(
+            &desc.arn,
+            Seen {
+                version: desc.current_version.clone(),
+                owner: desc.owner().map(str::to_owned),
+                at: Instant::now(),
+                wall: Timestamp::now(),
+                last_rotated: desc.last_rotated.clone(),
+                next_rotation: desc.next_rotation.clone(),
+            },
+        );
     }
 
     fn seen(&self, arn: &str) -> Option<Seen> {
@@ -306,8 +324,8 @@ impl Context {
                 .collect(),
             current_version: seen.version,
             rotation_enabled: status.rotation_enabled.unwrap_or(false),
-            last_rotated: status.last_rotated_date.clone(),
-            next_rotation: status.next_rotation_date.clone(),
+            last_rotated: seen.last_rotated.or_else(|| status.last_rotated_date.clone()),
+            next_rotation: seen.next_rotation.or_else(|| status.next_rotation_date.clone()),
             ..Description::default()
         })
     }
@@ -576,20 +594,17 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     // full describe path runs on spec changes, drift checks, rotation
     // windows and when the sweep is stale.
     let desc = match run.ctx.polled(rs).filter(|_| !converge) {
-        Some(desc) => desc,
+        Some(desc) => {
+            run.status.current_version_id = desc.current_version.clone();
+            run.status.last_rotated_date = desc.last_rotated.clone();
+            run.status.next_rotation_date = desc.next_rotation.clone();
+            desc
+        }
         None => {
             let desc = provision::ensure_secret(run, key.as_ref(), converge)
                 .await
                 .map_err(|e| (Stage::Secret, e))?;
-            run.ctx.record_seen(
-                &desc.arn,
-                Seen {
-                    version: desc.current_version.clone(),
-                    owner: desc.owner().map(str::to_owned),
-                    at: Instant::now(),
-                    wall: Timestamp::now(),
-                },
-            );
+            run.ctx.record_seen(&desc);
             desc
         }
     };

@@ -135,13 +135,15 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             }
         }
         for entry in listed {
-            ctx.record_seen(
+            ctx.record_seen_as(
                 &entry.arn,
                 Seen {
                     version: entry.current_version.clone(),
                     owner: entry.owner.clone(),
                     at: Instant::now(),
                     wall: Timestamp::now(),
+                    last_rotated: entry.last_rotated.clone(),
+                    next_rotation: entry.next_rotation.clone(),
                 },
             );
             let Some((ns, name)) = entry

@@ -570,8 +570,10 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
 async fn refresh_rotation_status(run: &mut Run<'_>, rc: &RegionClients, arn: &str) -> Result<()> {
     if let Some(d) = run.ctx.aws.describe_secret(rc, arn).await? {
         run.status.rotation_enabled = Some(d.rotation_enabled);
-        run.status.last_rotated_date = d.last_rotated;
-        run.status.next_rotation_date = d.next_rotation;
+        run.status.last_rotated_date = d.last_rotated.clone();
+        run.status.next_rotation_date = d.next_rotation.clone();
+        // Later reconciles read the sweep's view; it must not be older than this.
+        run.ctx.record_seen(&d);
     }
     Ok(())
 }
