@@ -1,4 +1,4 @@
-.PHONY: test demo lint crd build clean-testbed
+.PHONY: test demo bench lint crd build clean-testbed
 
 # Installs what is missing, starts etcd, kube-apiserver and moto, runs every test.
 test:
@@ -7,6 +7,11 @@ test:
 # A local end-to-end run on the test bed, printed as a transcript.
 demo:
 	hack/demo.sh
+
+# The fleet benchmark of issue 4 (BENCHMARKS.md), on its own test bed.
+# Arguments: make bench ARGS="--objects 50 --minutes 1"
+bench:
+	hack/bench.sh $(ARGS)
 
 lint:
 	cargo fmt --all -- --check

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench`: the fleet benchmark of issue 4 (benches/fleet.rs) on a test
+# bed of its own, stopped whatever the outcome. Arguments go to the benchmark:
+#   hack/bench.sh --objects 50 --minutes 1
+# Results: stdout, $TESTBED_DIR/results.md and $TESTBED_DIR/results.json.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export TESTBED_DIR=${TESTBED_DIR:-$ROOT/.testbed-bench}
+
+cleanup() {
+  # rotor processes the benchmark started (it records each pid); the proxies
+  # exit on their own when the benchmark's pipes close.
+  if [ -f "$TESTBED_DIR/bench.pids" ]; then
+    while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$TESTBED_DIR/bench.pids"
+    rm -f "$TESTBED_DIR/bench.pids"
+  fi
+  hack/testbed.sh down || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Build first, so that compile time does not count against the test bed.
+cargo build --release --bin rotor
+cargo bench --bench fleet --no-run
+mkdir -p "$TESTBED_DIR"
+rm -f "$TESTBED_DIR/bench.pids"
+hack/testbed.sh up
+# shellcheck disable=SC1091
+. "$TESTBED_DIR/env"
+cargo bench --bench fleet -- --json "$TESTBED_DIR/results.json" "$@" | tee "$TESTBED_DIR/results.md"
