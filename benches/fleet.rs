@@ -1335,6 +1335,21 @@ async fn run(args: Args) -> Res<bool> {
         ..args
     };
     let load_start = loadavg();
+    // The tree as built (others may edit it while this runs).
+    let revision = sh(
+        "git",
+        &[
+            "-C",
+            root.to_str().unwrap_or("."),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
+    // Run a private copy: a `cargo build` elsewhere must not swap the binary
+    // between rotor's restarts.
+    let bin = dir.join("rotor-bench-bin");
+    std::fs::copy(env!("CARGO_BIN_EXE_rotor"), &bin).map_err(|e| format!("copy the rotor binary: {e}"))?;
 
     let admin = kube_client(&admin_kc).await?;
     let apiserver = admin
@@ -1362,7 +1377,7 @@ async fn run(args: Args) -> Res<bool> {
     let proxy = Proxy::start(&root, &moto)?;
     let peer_proxy = Proxy::start(&root, &moto)?;
     let mut launcher = Launcher {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_rotor")),
+        bin,
         kubeconfig: rotor_kc,
         endpoint: proxy.url.clone(),
         dir: dir.clone(),
@@ -1533,16 +1548,7 @@ async fn run(args: Args) -> Res<bool> {
     line(format!(
         "versions: rotor {} ({}), {}, kube-apiserver {apiserver}, moto {}",
         env!("CARGO_PKG_VERSION"),
-        sh(
-            "git",
-            &[
-                "-C",
-                root.to_str().unwrap_or("."),
-                "describe",
-                "--always",
-                "--dirty"
-            ]
-        ),
+        revision,
         sh("rustc", &["-V"]),
         sh("python3", &["-c", "import moto; print(moto.__version__)"]),
     ));
