@@ -80,18 +80,8 @@ impl Aws {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let current_version = out.version_ids_to_stages().and_then(|m| {
-            m.iter()
-                .find(|(_, stages)| stages.iter().any(|s| s == AWSCURRENT))
-                .map(|(v, _)| v.clone())
-        });
-        let pending_version = out.version_ids_to_stages().and_then(|m| {
-            m.iter()
-                .find(|(_, stages)| {
-                    stages.iter().any(|s| s == AWSPENDING) && !stages.iter().any(|s| s == AWSCURRENT)
-                })
-                .map(|(v, _)| v.clone())
-        });
+        let current_version = version_with(out.version_ids_to_stages(), AWSCURRENT);
+        let pending_version = version_with(out.version_ids_to_stages(), AWSPENDING);
         let rules = out.rotation_rules();
         Ok(Some(Description {
             arn: out.arn().unwrap_or_default().to_owned(),
@@ -207,6 +197,22 @@ pub struct Listed {
     pub deleted: bool,
     pub last_rotated: Option<String>,
     pub next_rotation: Option<String>,
+    /// VersionId carrying AWSPENDING without AWSCURRENT: a rotation in progress.
+    pub pending_version: Option<String>,
+}
+
+/// The version carrying `stage`, and for AWSPENDING only one that is not
+/// also AWSCURRENT (a finished rotation may leave both on one version).
+fn version_with(
+    stages: Option<&std::collections::HashMap<String, Vec<String>>>,
+    stage: &str,
+) -> Option<String> {
+    stages?
+        .iter()
+        .find(|(_, s)| {
+            s.iter().any(|x| x == stage) && (stage == AWSCURRENT || !s.iter().any(|x| x == AWSCURRENT))
+        })
+        .map(|(v, _)| v.clone())
 }
 
 fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -544,11 +550,7 @@ impl Aws {
                     .find(|t| t.key() == Some(OWNER_TAG))
                     .and_then(|t| t.value())
                     .map(str::to_owned);
-                let current_version = s.secret_versions_to_stages().and_then(|m| {
-                    m.iter()
-                        .find(|(_, st)| st.iter().any(|x| x == AWSCURRENT))
-                        .map(|(v, _)| v.clone())
-                });
+                let current_version = version_with(s.secret_versions_to_stages(), AWSCURRENT);
                 let rules = s.rotation_rules();
                 out.push(Listed {
                     arn: s.arn().unwrap_or_default().to_owned(),
@@ -569,6 +571,7 @@ impl Aws {
                     deleted: s.deleted_date().is_some(),
                     last_rotated: timestamp(s.last_rotated_date()),
                     next_rotation: timestamp(s.next_rotation_date()),
+                    pending_version: version_with(s.secret_versions_to_stages(), AWSPENDING),
                 });
             }
             token = page.next_token().map(str::to_owned);

@@ -86,6 +86,7 @@ mod tests {
             deleted: false,
             last_rotated: None,
             next_rotation: None,
+            pending_version: None,
         }
     }
 

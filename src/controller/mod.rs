@@ -80,6 +80,8 @@ pub struct Context {
     /// The status rotor last wrote per object (with the object's uid): only
     /// the leader writes status, so this is never older than the cache.
     statuses: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, RotatedSecretStatus)>>,
+    /// Since when the sweep has seen AWSPENDING on a version, per ARN.
+    pending: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// One observation of a secret's AWSCURRENT.
@@ -162,6 +164,22 @@ impl Context {
         self.watching.lock().expect("watching lock").remove(&key);
         self.detected.lock().expect("detected lock").remove(&key);
         self.statuses.lock().expect("statuses lock").remove(&key);
+    }
+
+    /// How long the sweep has seen `version` pending on `arn` (`None` clears).
+    fn pending_for(&self, arn: &str, version: Option<&str>) -> Duration {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let Some(version) = version else {
+            pending.remove(arn);
+            return Duration::ZERO;
+        };
+        match pending.get(arn) {
+            Some((v, since)) if v == version => since.elapsed(),
+            _ => {
+                pending.insert(arn.to_owned(), (version.to_owned(), Instant::now()));
+                Duration::ZERO
+            }
+        }
     }
 
     fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
@@ -780,6 +798,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         detected: Mutex::default(),
         sweep: Mutex::new((DEFAULT_REFRESH, None)),
         statuses: Mutex::default(),
+        pending: Mutex::default(),
     });
 
     let mut pollers = Vec::new();

@@ -20,6 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, warn};
 
+use super::provision::stuck_after;
 use super::{Context, Seen, drift};
 use crate::api::RotatedSecret;
 use crate::aws::events::SecretChange;
@@ -158,6 +159,17 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 let Some(rs) = scope.store.get(&key) else { continue };
                 let status = rs.status.as_ref();
                 if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
+                    continue;
+                }
+                // A rotation still pending after its window: the convergence
+                // checks the version's age and reports RotationStuck.
+                let pending = ctx.pending_for(&entry.arn, entry.pending_version.as_deref());
+                if let Some(rotation) = &rs.spec.rotation
+                    && pending > stuck_after(rotation.window.as_deref())
+                    && ctx.request_converge(&rs, false)
+                {
+                    info!(namespace = rs.namespace(), name = %rs.name_any(), "rotation pending past its window");
+                    scope.send(&rs);
                     continue;
                 }
                 if status.and_then(|s| s.observed_generation) == rs.metadata.generation

@@ -535,14 +535,8 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
     if let Some(pending) = &desc.pending_version
         && let Some(created) = ctx.aws.version_created(&rc, &desc.arn, pending).await?
     {
-        let limit = rotation
-            .window
-            .as_deref()
-            .and_then(|w| w.strip_suffix('h')?.parse::<u64>().ok())
-            .map(|h| std::time::Duration::from_secs(h * 3600))
-            .unwrap_or(DEFAULT_STUCK_AFTER);
         let age = Timestamp::now().as_second() - created.secs();
-        if age > limit.as_secs() as i64 {
+        if age > stuck_after(rotation.window.as_deref()).as_secs() as i64 {
             let msg = format!(
                 "rotation looks stuck: version {pending} has been AWSPENDING for {}h without becoming AWSCURRENT; \
                  check the rotation Lambda's logs",
@@ -576,6 +570,15 @@ async fn refresh_rotation_status(run: &mut Run<'_>, rc: &RegionClients, arn: &st
         run.ctx.record_seen(&d);
     }
     Ok(())
+}
+
+/// How long AWSPENDING may sit on another version before the rotation is
+/// called stuck: the rotation window, or a day without one.
+pub fn stuck_after(window: Option<&str>) -> std::time::Duration {
+    window
+        .and_then(|w| w.strip_suffix('h')?.parse::<u64>().ok())
+        .map(|h| std::time::Duration::from_secs(h * 3600))
+        .unwrap_or(DEFAULT_STUCK_AFTER)
 }
 
 /// `rotor.dev/rotate-now: <token>`: one RotateSecret per distinct token. The
@@ -625,6 +628,13 @@ mod tests {
             Some(("shop/db-credentials", "us-east-1"))
         );
         assert_eq!(arn_name_region("nonsense"), None);
+    }
+
+    #[test]
+    fn stuck_threshold_is_the_window() {
+        assert_eq!(stuck_after(Some("2h")).as_secs(), 7200);
+        assert_eq!(stuck_after(None), DEFAULT_STUCK_AFTER);
+        assert_eq!(stuck_after(Some("bad")), DEFAULT_STUCK_AFTER);
     }
 
     #[test]
