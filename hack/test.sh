@@ -14,7 +14,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # Build first so that compile time does not count against the test bed.
-cargo nextest run --no-run --all-targets
+cargo nextest run --no-run --lib --bins --tests
 hack/testbed.sh up
 # The test bed's own helpers: moto patched to AWS's RotateSecret behaviour,
 # and the fault-injecting proxy.
@@ -22,4 +22,4 @@ python3 hack/test_moto_server.py
 python3 hack/test_aws_proxy.py
 # shellcheck disable=SC1091
 . "$TESTBED_DIR/env"
-cargo nextest run --all-targets --no-fail-fast "$@"
+cargo nextest run --lib --bins --tests --no-fail-fast "$@"
