@@ -88,7 +88,7 @@ run $K -n shop get rotsec 2>/dev/null
 
 say "Events"
 $K -n shop get events.events.k8s.io --sort-by=.metadata.creationTimestamp \
-  -o custom-columns=TYPE:.type,REASON:.reason,NOTE:.note 2>/dev/null
+  -o custom-columns=TYPE:.type,REASON:.reason,OBJECT:.regarding.kind,NAME:.regarding.name,NOTE:.note 2>/dev/null
 
 say "Deleting the RotatedSecret (deletionPolicy Retain: the AWS secret stays, untagged)"
 run $K -n shop delete rotsec db-credentials --timeout=30s 2>/dev/null
