@@ -221,15 +221,25 @@ fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
         .collect()
 }
 
-/// Treats "already gone" as done, for deletes and cleanups.
-fn gone_ok(res: Result<(), AwsError>) -> Result<(), AwsError> {
-    match res {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
-    }
-}
-
 impl Aws {
+    /// A delete-like write where "already gone" counts as done.
+    async fn write_gone_ok<T, E, R>(
+        &self,
+        rc: &RegionClients,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, aws_sdk_secretsmanager::error::SdkError<E, R>>>,
+    ) -> Result<(), AwsError>
+    where
+        E: aws_sdk_secretsmanager::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        match self.write(rc, operation, fut).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn create_secret(&self, rc: &RegionClients, new: NewSecret<'_>) -> Result<String, AwsError> {
         let mut req = rc
             .secrets
@@ -295,19 +305,16 @@ impl Aws {
     }
 
     pub async fn untag_secret(&self, rc: &RegionClients, arn: &str, keys: &[String]) -> Result<(), AwsError> {
-        gone_ok(
-            self.write(
-                rc,
-                "UntagResource",
-                rc.secrets
-                    .untag_resource()
-                    .secret_id(arn)
-                    .set_tag_keys(Some(keys.to_vec()))
-                    .send(),
-            )
-            .await
-            .map(drop),
+        self.write_gone_ok(
+            rc,
+            "UntagResource",
+            rc.secrets
+                .untag_resource()
+                .secret_id(arn)
+                .set_tag_keys(Some(keys.to_vec()))
+                .send(),
         )
+        .await
     }
 
     /// The resource policy as JSON, `None` when there is none.
@@ -346,15 +353,12 @@ impl Aws {
     }
 
     pub async fn delete_resource_policy(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
-        gone_ok(
-            self.write(
-                rc,
-                "DeleteResourcePolicy",
-                rc.secrets.delete_resource_policy().secret_id(arn).send(),
-            )
-            .await
-            .map(drop),
+        self.write_gone_ok(
+            rc,
+            "DeleteResourcePolicy",
+            rc.secrets.delete_resource_policy().secret_id(arn).send(),
         )
+        .await
     }
 
     pub async fn add_replicas(
@@ -383,19 +387,16 @@ impl Aws {
         arn: &str,
         regions: &[String],
     ) -> Result<(), AwsError> {
-        gone_ok(
-            self.write(
-                rc,
-                "RemoveRegionsFromReplication",
-                rc.secrets
-                    .remove_regions_from_replication()
-                    .secret_id(arn)
-                    .set_remove_replica_regions(Some(regions.to_vec()))
-                    .send(),
-            )
-            .await
-            .map(drop),
+        self.write_gone_ok(
+            rc,
+            "RemoveRegionsFromReplication",
+            rc.secrets
+                .remove_regions_from_replication()
+                .secret_id(arn)
+                .set_remove_replica_regions(Some(regions.to_vec()))
+                .send(),
         )
+        .await
     }
 
     pub async fn restore_secret(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
@@ -457,15 +458,12 @@ impl Aws {
     }
 
     pub async fn cancel_rotation(&self, rc: &RegionClients, arn: &str) -> Result<(), AwsError> {
-        gone_ok(
-            self.write(
-                rc,
-                "CancelRotateSecret",
-                rc.secrets.cancel_rotate_secret().secret_id(arn).send(),
-            )
-            .await
-            .map(drop),
+        self.write_gone_ok(
+            rc,
+            "CancelRotateSecret",
+            rc.secrets.cancel_rotate_secret().secret_id(arn).send(),
         )
+        .await
     }
 
     /// DeleteSecret with a recovery window (0 deletes at once).
@@ -481,7 +479,7 @@ impl Aws {
         } else {
             req.recovery_window_in_days(recovery_days)
         };
-        gone_ok(self.write(rc, "DeleteSecret", req.send()).await.map(drop))
+        self.write_gone_ok(rc, "DeleteSecret", req.send()).await
     }
 
     /// When the given version was created (for stuck-rotation detection).
