@@ -72,8 +72,11 @@ struct Args {
     /// Most concurrent setup calls, rotations and peer calls.
     #[arg(long, default_value_t = 32)]
     parallelism: usize,
-    /// Wait after all objects are Ready before counting idle calls.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// Wait after all objects are Ready before counting idle calls. Every
+    /// object is re-checked for drift (rotor's `--drift-interval`, 10m) about
+    /// 10-11 minutes after its first sync; 3m puts that round inside a
+    /// 10-minute window instead of at its edge.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
     settle: Duration,
     /// Extra flag passed to `rotor run` (repeatable), e.g. `--rotor-arg=--drift-interval=1h`.
     #[arg(long = "rotor-arg", allow_hyphen_values = true)]
@@ -301,7 +304,10 @@ impl Launcher {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ROTOR_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
             .stderr(out)
             .stdin(Stdio::null());
@@ -858,6 +864,7 @@ struct Idle {
     peer_errors: u64,
     per_minute: Vec<u64>,
     cpu_seconds: f64,
+    reconciles: u64,
     rss_kib: u64,
     hwm_kib: u64,
 }
@@ -926,6 +933,7 @@ async fn idle_phase(
     proxy.reset().await?;
     peer_proxy.reset().await?;
     let cpu0 = rotor.cpu_seconds();
+    let reconciles0 = rotor.reconciles().await?;
     let start = Instant::now();
     let until = start + window;
     let peer = tokio::spawn(peer_loop(
@@ -941,12 +949,15 @@ async fn idle_phase(
     while next <= until {
         tokio::time::sleep_until(next.into()).await;
         rotor.check_alive()?;
-        let total: u64 = proxy.calls().await?.values().sum();
+        let calls = proxy.calls().await?;
+        let total: u64 = calls.values().sum();
         per_minute.push(total - last_total);
         log(format!(
-            "idle minute {}: {} rotor AWS calls",
+            "idle minute {}: {} rotor AWS calls (total so far: {}), {} reconciles since the phase began",
             per_minute.len(),
-            total - last_total
+            total - last_total,
+            ops(&calls, 1.0),
+            rotor.reconciles().await?.saturating_sub(reconciles0),
         ));
         last_total = total;
         next += Duration::from_secs(60);
@@ -967,6 +978,7 @@ async fn idle_phase(
         peer_errors,
         per_minute,
         cpu_seconds: rotor.cpu_seconds() - cpu0,
+        reconciles: rotor.reconciles().await?.saturating_sub(reconciles0),
         rss_kib,
         hwm_kib,
     })
@@ -1673,6 +1685,10 @@ async fn run(args: Args) -> Res<bool> {
         idle.cpu_seconds,
         100.0 * idle.cpu_seconds / (idle.minutes * 60.0)
     ));
+    line(format!(
+        "| reconciles during the idle phase (rotor_reconciles_total) | {} | |",
+        idle.reconciles
+    ));
     println!("{out}");
 
     if let Some(path) = &args.json {
@@ -1699,6 +1715,7 @@ async fn run(args: Args) -> Res<bool> {
                 "rotor_calls_each_minute": idle.per_minute,
                 "peer_calls": idle.peer, "peer_per_minute": peer_rate, "peer_errors": idle.peer_errors,
                 "ratio": ratio, "rss_kib": idle.rss_kib, "hwm_kib": idle.hwm_kib, "cpu_seconds": idle.cpu_seconds,
+                "reconciles": idle.reconciles,
             },
             "rounds": rounds_json,
             "exactly_once": {"extra": extra, "missing": missing, "first_sync_restarts": first_sync_restarts},
