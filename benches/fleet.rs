@@ -1397,10 +1397,12 @@ async fn run(args: Args) -> Res<bool> {
         extra: args.rotor_args.clone(),
         starts: 0,
     };
+    let started = Instant::now();
     let mut rotor = launcher.start(None)?;
     rotor.wait_ready(Duration::from_secs(120)).await?;
     let ready_timeout = Duration::from_secs(120) + Duration::from_millis(500) * args.objects as u32;
-    let ready_in = wait_all_ready(&admin, args.objects, ready_timeout, &mut rotor).await?;
+    wait_all_ready(&admin, args.objects, ready_timeout, &mut rotor).await?;
+    let ready_in = started.elapsed();
     let startup_calls = proxy.calls().await?;
     log(format!(
         "all {} Ready {:.1} s after rotor started",
