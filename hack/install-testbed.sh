@@ -9,7 +9,8 @@ set -euo pipefail
 
 CACHE=${ROTOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rotor}
 ASSETS=$CACHE/k8s-1.20.2
-MOTO_SPEC='moto[server]>=5.1,<6'
+REQUIREMENTS=$(cd "$(dirname "$0")" && pwd)/requirements-testbed.txt
+MOTO_VERSION=$(sed -n 's/^moto==//p' "$REQUIREMENTS")
 
 log() { echo "install-testbed: $*" >&2; }
 
@@ -91,9 +92,9 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! [ -e "$ASSETS/etcd" ]; then
   ln -sf /usr/bin/etcd "$ASSETS/etcd"
 fi
 
-if ! command -v moto_server >/dev/null || ! python3 -c 'import moto, flask, flask_cors, yaml, boto3' 2>/dev/null; then
-  log "pip install $MOTO_SPEC"
-  python3 -m pip install -q "$MOTO_SPEC" >&2
+if ! python3 -c "import moto, flask, flask_cors, yaml, boto3, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  log "pip install -r $REQUIREMENTS (moto $MOTO_VERSION)"
+  python3 -m pip install -q -r "$REQUIREMENTS" >&2
 fi
 
 echo "$ASSETS"
