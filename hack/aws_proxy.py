@@ -35,6 +35,8 @@ oldest applies. Kinds:
     throttle  the same with 400 ThrottlingException
     drop      close the connection without answering, not forwarded
     delay     sleep "seconds", then forward
+    late      forward at once, then hold the answer back "seconds": a
+              response that describes the state before later writes
     after     forward (the write happens), then answer an error (default 500
               InternalFailure): a response lost after a successful write
 
@@ -55,7 +57,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CONTROL_PREFIX = "/_proxy/"
-KINDS = ("error", "throttle", "drop", "delay", "after")
+KINDS = ("error", "throttle", "drop", "delay", "late", "after")
 # Services whose X-Amz-Target prefix is not their signing name.
 TARGET_SERVICES = {
     "TrentService": "kms",
@@ -156,10 +158,10 @@ def parse_fault(spec):
     rule = {"operation": operation, "kind": kind, "count": count}
     if spec.get("service") is not None:
         rule["service"] = str(spec["service"])
-    if kind == "delay":
+    if kind in ("delay", "late"):
         seconds = spec.get("seconds")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
-            raise ValueError('"delay" needs "seconds" >= 0')
+            raise ValueError(f'"{kind}" needs "seconds" >= 0')
         rule["seconds"] = float(seconds)
     elif kind in ("error", "throttle", "after"):
         default_code, default_status = (
@@ -288,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "after":
             self.send_aws_error(rule, protocol)
             return
+        if kind == "late":
+            time.sleep(rule["seconds"])
         self.relay(status, reason, headers, resp_body)
 
     def forward(self, body, service, operation):

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.error
@@ -244,6 +245,21 @@ class ProxyTest(unittest.TestCase):
         self.sm.list_secrets()
         self.assertLess(time.monotonic() - start, 1.0)
         self.assertEqual(self.calls(forwarded=True), {"ListSecrets": 2})
+
+    def test_late_answers_with_the_state_before_later_writes(self):
+        name = f"{self.prefix}late"
+        self.fault(operation="ListSecrets", count=1, kind="late", seconds=1.5)
+        listed = {}
+        t = threading.Thread(
+            target=lambda: listed.update(self.sm.list_secrets(Filters=[{"Key": "name", "Values": [name]}]))
+        )
+        t.start()
+        time.sleep(0.5)  # the listing has been answered upstream, not yet relayed
+        direct = client("secretsmanager", MOTO_URL)
+        direct.create_secret(Name=name, SecretString="v")
+        t.join()
+        self.assertEqual(listed["SecretList"], [], "the late answer predates the write")
+        self.assertEqual(len(self.sm.list_secrets(Filters=[{"Key": "name", "Values": [name]}])["SecretList"]), 1)
 
     def test_kms_and_sqs_targets(self):
         kms = client("kms", PROXY_URL)
