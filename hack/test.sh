@@ -13,6 +13,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >&2
 fi
 
+# The Helm chart: lint, render with ci/ values, validate against Kubernetes
+# schemas, refuse misspelled values (installs pinned helm on first use).
+hack/chart-check.sh
+
 # Build first so that compile time does not count against the test bed.
 cargo nextest run --no-run --lib --bins --tests
 hack/testbed.sh up
@@ -20,6 +24,8 @@ hack/testbed.sh up
 # and the fault-injecting proxy.
 python3 hack/test_moto_server.py
 python3 hack/test_aws_proxy.py
+# The sample IAM policy's structure and decisions (moto does not enforce IAM).
+python3 hack/test_iam_policy.py
 # shellcheck disable=SC1091
 . "$TESTBED_DIR/env"
 cargo nextest run --lib --bins --tests --no-fail-fast "$@"

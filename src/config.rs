@@ -81,6 +81,74 @@ pub struct RunArgs {
     /// standby replica takes over.
     #[arg(long, env = "ROTOR_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: Duration,
+
+    /// Shortest time between two `rotor.dev/rotate-now` rotations of one
+    /// object, so an annotation loop cannot rotate and restart continuously.
+    #[arg(long, env = "ROTOR_ROTATE_NOW_MIN_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub rotate_now_min_interval: Duration,
+
+    /// Rotation Lambdas allowed besides those in the secret's own account
+    /// and region: ARN patterns where `*` matches any run of characters
+    /// (comma-separated), e.g. `arn:aws:lambda:*:111122223333:function:rotor-*`.
+    #[arg(long, env = "ROTOR_ALLOWED_LAMBDA_ARNS", value_delimiter = ',')]
+    pub allowed_lambda_arns: Vec<String>,
+
+    /// Schedule KMS keys that rotor created for deletion (30-day waiting
+    /// period) when their RotatedSecret is deleted with `deletionPolicy:
+    /// Delete` and no other secret in the region uses them. Off: keys are
+    /// never deleted by rotor, since it cannot see every ciphertext a key
+    /// protects (backups, exports, other services).
+    #[arg(long, env = "ROTOR_DELETE_CREATED_KMS_KEYS")]
+    pub delete_created_kms_keys: bool,
+}
+
+/// Which rotation Lambdas a RotatedSecret may name: by default only those in
+/// the secret's own account and region, plus the operator's allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct LambdaPolicy {
+    patterns: Vec<String>,
+}
+
+impl LambdaPolicy {
+    pub fn new(patterns: &[String]) -> Self {
+        Self {
+            patterns: patterns.iter().filter(|p| !p.is_empty()).cloned().collect(),
+        }
+    }
+
+    /// Whether `lambda_arn` may rotate the secret `secret_arn`.
+    pub fn allows(&self, lambda_arn: &str, secret_arn: &str) -> bool {
+        // arn:PARTITION:SERVICE:REGION:ACCOUNT:...
+        let scope = |arn: &str| -> Option<(String, String, String)> {
+            let p: Vec<&str> = arn.splitn(6, ':').collect();
+            (p.len() == 6 && p[0] == "arn").then(|| (p[1].to_owned(), p[3].to_owned(), p[4].to_owned()))
+        };
+        let same = matches!((scope(lambda_arn), scope(secret_arn)), (Some(a), Some(b)) if a == b);
+        same || self.patterns.iter().any(|p| glob(p, lambda_arn))
+    }
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    if !text.starts_with(first)
+        || !text[first.len()..].ends_with(last)
+        || text.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +207,23 @@ mod tests {
         assert!(p.allows("a") && !p.allows("c"));
         assert!(AdoptionPolicy::new(&["*".into()]).allows("anything"));
         assert!(!AdoptionPolicy::new(&[]).allows("a"));
+    }
+
+    #[test]
+    fn lambda_policy() {
+        let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:a/b-AbCdEf";
+        let same = "arn:aws:lambda:us-east-1:123456789012:function:rotate";
+        let other_account = "arn:aws:lambda:us-east-1:999999999999:function:rotate";
+        let other_region = "arn:aws:lambda:eu-west-1:123456789012:function:rotate";
+        let none = LambdaPolicy::new(&[]);
+        assert!(none.allows(same, secret));
+        assert!(!none.allows(other_account, secret));
+        assert!(!none.allows(other_region, secret));
+        assert!(!none.allows("garbage", secret));
+        let listed = LambdaPolicy::new(&["arn:aws:lambda:*:999999999999:function:rot*".into()]);
+        assert!(listed.allows(other_account, secret));
+        assert!(!listed.allows("arn:aws:lambda:us-east-1:999999999999:function:other", secret));
+        assert!(glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxc") && glob("*", "") && !glob("ab*ba", "aba"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod k8s;
 pub mod redact;
 pub mod telemetry;
+pub mod template;
 
 use aws::AwsError;
 
@@ -39,6 +40,13 @@ pub enum Error {
 
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// The reconcile panicked: a bug in rotor, contained to this object.
+    #[error(
+        "rotor hit an internal error while reconciling this object (a bug: please report it with rotor's log); \
+         retrying with backoff"
+    )]
+    Panic,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +62,7 @@ impl Error {
             Error::Render { .. } => "render",
             Error::Finalizer(_) => "finalizer",
             Error::NotReady(_) => "not_ready",
+            Error::Panic => "panic",
         }
     }
 
@@ -67,6 +76,7 @@ impl Error {
             Error::Render { .. } => "RenderError",
             Error::Finalizer(_) => "FinalizerError",
             Error::NotReady(_) => "NotReady",
+            Error::Panic => "InternalError",
         }
     }
 
@@ -75,7 +85,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Aws(e) => e.kind.is_transient(),
-            Error::Kube(_) | Error::Finalizer(_) | Error::NotReady(_) => true,
+            Error::Kube(_) | Error::Finalizer(_) | Error::NotReady(_) | Error::Panic => true,
             Error::InvalidSpec(_) | Error::Refused { .. } | Error::Render { .. } => false,
         }
     }

@@ -30,6 +30,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             telemetry::init_tracing(args.log_format);
+            telemetry::log_panics_without_messages();
             let metrics = Arc::new(Metrics::default());
             let readiness = Arc::new(Readiness::default());
             let server = tokio::spawn(telemetry::serve(

@@ -29,6 +29,19 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Replaces the default panic output (the payload on stderr) with an error
+/// log line naming only where it happened: a panic message can quote
+/// whatever value was at hand, and logs must never hold secret material.
+pub fn log_panics_without_messages() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, "panic (message withheld: it may quote secret material)");
+    }));
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -56,6 +69,19 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
+/// One label set per RotatedSecret, as kube-state-metrics does for its
+/// objects: names, never values or error text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -76,6 +102,11 @@ pub struct Metrics {
     restarts: Family<KindLabels, Counter>,
     check_age: Gauge<f64, AtomicU64>,
     sweeps: Family<OutcomeLabels, Counter>,
+    reconcile_panics: Counter,
+    task_restarts: Family<TaskLabels, Counter>,
+    ready: Family<ObjectLabels, Gauge>,
+    /// The objects `ready` has a series for, so deleted ones can be dropped.
+    ready_objects: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -153,7 +184,29 @@ impl Default for Metrics {
             "ListSecrets sweeps of the version poller",
             sweeps.clone(),
         );
+        let reconcile_panics = Counter::default();
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked (a bug); the object is marked and retried, the controller goes on",
+            reconcile_panics.clone(),
+        );
+        let task_restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "task_restarts",
+            "Background tasks (sweep, events) restarted after they stopped or panicked",
+            task_restarts.clone(),
+        );
+        let ready = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "rotatedsecret_ready",
+            "1 when the RotatedSecret's Ready condition is True, else 0",
+            ready.clone(),
+        );
         Self {
+            reconcile_panics,
+            task_restarts,
+            ready,
+            ready_objects: Default::default(),
             registry,
             reconciles,
             reconcile_errors,
@@ -224,6 +277,44 @@ impl Metrics {
         self.check_age.set(oldest_check.as_secs_f64());
     }
 
+    pub fn reconcile_panicked(&self) {
+        self.reconcile_panics.inc();
+    }
+
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
+    }
+
+    pub fn set_ready(&self, namespace: &str, name: &str, ready: bool) {
+        let labels = ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.ready.get_or_create(&labels).set(i64::from(ready));
+        self.ready_objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((labels.namespace, labels.name));
+    }
+
+    /// Drops the series of objects that no longer exist.
+    pub fn retain_ready(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut objects = self
+            .ready_objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        objects.retain(|(namespace, name)| {
+            let keep = exists(namespace, name);
+            if !keep {
+                self.ready.remove(&ObjectLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
+            }
+            keep
+        });
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
@@ -231,11 +322,19 @@ impl Metrics {
     }
 }
 
-/// Flipped once the controller's caches are synced.
+/// Flipped once the controller's caches are synced; and health, which a
+/// background task that cannot be restarted in place takes away, so that
+/// the kubelet restarts rotor instead of it running blind.
 #[derive(Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness(AtomicBool, AtomicBool);
 
 impl Readiness {
+    pub fn set_unhealthy(&self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
+    fn is_healthy(&self) -> bool {
+        !self.1.load(Ordering::Relaxed)
+    }
     pub fn set_ready(&self) {
         self.set(true);
     }
@@ -261,7 +360,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(HttpState { metrics, readiness });
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -277,6 +376,14 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.readiness.is_healthy() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a background task stopped")
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

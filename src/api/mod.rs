@@ -24,6 +24,10 @@ pub const ROTATE_NOW_ANNOTATION: &str = "rotor.dev/rotate-now";
 pub const VERSION_ID_ANNOTATION: &str = "rotor.dev/version-id";
 /// Tag on every AWS resource rotor creates or adopts: `<cluster>/<namespace>/<name>`.
 pub const OWNER_TAG: &str = "rotor.dev/owner";
+/// Left on a secret released with `deletionPolicy: Retain` instead of the
+/// owner tag: the same `<cluster>/<namespace>/<name>` re-created (GitOps
+/// replace, `kubectl delete && apply`) re-claims it without `adopt`.
+pub const RELEASED_TAG: &str = "rotor.dev/released-from";
 /// Label on every Secret rotor writes, so rotor watches only its own Secrets.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "rotor";
@@ -367,6 +371,10 @@ pub struct RotatedSecretStatus {
     /// Last handled `rotor.dev/rotate-now` token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_now_token: Option<String>,
+    /// When that token's rotation was requested; the next one waits for the
+    /// operator's `--rotate-now-min-interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_now_time: Option<String>,
     /// Tag keys rotor put on the AWS secret from `spec.secretsManager.tags`,
     /// so that removing one from the spec removes it in AWS (and only those).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -377,6 +385,14 @@ pub struct RotatedSecretStatus {
     /// rotor enabled rotation (so removing `spec.rotation` cancels it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub managed_rotation: bool,
+    /// Replica regions rotor added; on an adopted secret only these are
+    /// ever removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_replicas: Vec<String>,
+    /// The secret existed before this object (adopted or re-claimed): rotor
+    /// removes only what it added, and never deletes it without recovery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     /// Workloads restarted for a version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rolled_out: Vec<RolledOut>,

@@ -212,7 +212,10 @@ impl Aws {
 
     pub fn region(&self, region: Option<&str>) -> RegionClients {
         let region = region.unwrap_or(&self.default_region);
-        let mut regions = self.regions.lock().expect("region cache lock");
+        let mut regions = self
+            .regions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         regions
             .entry(region.to_owned())
             .or_insert_with(|| {

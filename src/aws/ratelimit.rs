@@ -52,7 +52,10 @@ impl WriteLimiter {
 
     /// Takes a token at `now`, or says how long until one is available.
     fn try_take(&self, now: Instant) -> Option<Duration> {
-        let mut s = self.state.lock().expect("limiter lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         s.tokens = (s.tokens + elapsed * s.rate).min(s.rate.max(1.0));
         s.last = now;
@@ -65,18 +68,27 @@ impl WriteLimiter {
     }
 
     pub fn throttled(&self) {
-        let mut s = self.state.lock().expect("limiter lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.rate = (s.rate / 2.0).max(MIN_RATE);
         s.tokens = s.tokens.min(0.0);
     }
 
     pub fn succeeded(&self) {
-        let mut s = self.state.lock().expect("limiter lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.rate = (s.rate + RECOVERY_STEP).min(self.max_rate);
     }
 
     pub fn rate(&self) -> f64 {
-        self.state.lock().expect("limiter lock").rate
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rate
     }
 }
 

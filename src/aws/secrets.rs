@@ -525,6 +525,17 @@ impl Aws {
                     .build(),
             );
         }
+        self.list(rc, filters).await
+    }
+
+    /// Every secret in the region, owned or not, including those pending
+    /// deletion: what the key-in-use check must see before a key goes.
+    pub async fn list_all(&self, rc: &RegionClients) -> Result<Vec<Listed>, AwsError> {
+        self.list(rc, Vec::new()).await
+    }
+
+    async fn list(&self, rc: &RegionClients, filters: Vec<Filter>) -> Result<Vec<Listed>, AwsError> {
+        let filters = (!filters.is_empty()).then_some(filters);
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -533,7 +544,7 @@ impl Aws {
                     "ListSecrets",
                     rc.secrets
                         .list_secrets()
-                        .set_filters(Some(filters.clone()))
+                        .set_filters(filters.clone())
                         // Secrets scheduled for deletion too: rotor restores its own.
                         .include_planned_deletion(true)
                         .max_results(100)

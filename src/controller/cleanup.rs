@@ -9,11 +9,12 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::{Context, FINALIZER, publish, set_finalizers};
-use crate::api::{DeletionPolicy, OWNER_TAG, RotatedSecret};
+use crate::api::{DeletionPolicy, OWNER_TAG, RELEASED_TAG, RotatedSecret};
 use crate::aws::RegionClients;
 use crate::{Error, Result};
 
 const DEFAULT_RECOVERY_DAYS: i64 = 30;
+const MIN_RECOVERY_DAYS: i64 = 7;
 const KEY_PENDING_DAYS: i32 = 30;
 
 pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
@@ -98,6 +99,9 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
     }
     match rs.spec.secrets_manager.deletion_policy {
         DeletionPolicy::Retain => {
+            // The released-from tag first: a crash in between leaves a secret
+            // still owned, never one neither owned nor re-claimable.
+            ctx.aws.tag_secret(&rc, &arn, RELEASED_TAG, &me).await?;
             ctx.aws.untag_secret(&rc, &arn, &[OWNER_TAG.to_owned()]).await?;
             publish(
                 ctx,
@@ -106,7 +110,8 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
                 "Released",
                 "Cleanup",
                 format!(
-                    "Left AWS secret {arn} in place (deletionPolicy Retain) and removed its {OWNER_TAG} tag"
+                    "Left AWS secret {arn} in place (deletionPolicy Retain) and released it ({OWNER_TAG} removed, \
+                     {RELEASED_TAG} set: re-creating this RotatedSecret re-claims it)"
                 ),
             )
             .await;
@@ -117,11 +122,18 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
                 if !regions.is_empty() {
                     ctx.aws.remove_replicas(&rc, &arn, &regions).await?;
                 }
-                let days = rs
+                let asked = rs
                     .spec
                     .secrets_manager
                     .recovery_window_in_days
                     .unwrap_or(DEFAULT_RECOVERY_DAYS);
+                // A secret rotor did not create is never deleted beyond recovery.
+                let adopted = rs.status.as_ref().is_some_and(|s| s.adopted);
+                let days = if adopted && asked == 0 {
+                    MIN_RECOVERY_DAYS
+                } else {
+                    asked
+                };
                 ctx.aws.delete_secret(&rc, &arn, days).await?;
                 publish(
                     ctx,
@@ -143,8 +155,12 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Schedules the key for deletion only if this object created it and no
-/// other managed secret still uses it.
+/// Schedules the key for deletion only when the operator opted in
+/// (`--delete-created-kms-keys`), this object created it, the alias still
+/// points at it, and no other secret in the region uses it: rotor's own, a
+/// released or adopted one without an owner tag, or one pending deletion
+/// (which can still be restored). Without the opt-in, keys are left alone:
+/// rotor cannot see every ciphertext a key protects.
 async fn release_key(
     rs: &RotatedSecret,
     ctx: &Context,
@@ -155,6 +171,9 @@ async fn release_key(
     let Some(spec) = rs.spec.secrets_manager.kms_key.as_ref().filter(|k| k.create) else {
         return Ok(());
     };
+    if !ctx.delete_created_kms_keys {
+        return Ok(());
+    }
     let Some(key_arn) = rs.status.as_ref().and_then(|s| s.kms_key_arn.as_deref()) else {
         return Ok(());
     };
@@ -165,19 +184,26 @@ async fn release_key(
         return Ok(());
     }
     let alias = spec.alias.as_deref();
-    let in_use = ctx.aws.list_owned(rc, None).await?.into_iter().any(|s| {
+    let in_use = ctx.aws.list_all(rc).await?.into_iter().any(|s| {
         Some(s.arn.as_str()) != secret_arn
-            && !s.deleted
             && s.kms_key_id
                 .as_deref()
                 .is_some_and(|k| k == key.arn || k == key.key_id || Some(k) == alias)
     });
     if in_use {
-        info!(key = %key.arn, "KMS key still used by another managed secret; keeping it");
+        info!(key = %key.arn, "KMS key still used by another secret; keeping it");
         return Ok(());
     }
     if let Some(alias) = alias {
-        ctx.aws.delete_alias(rc, alias).await?;
+        // An alias someone re-pointed at another key is theirs now.
+        if ctx
+            .aws
+            .describe_key(rc, alias)
+            .await?
+            .is_some_and(|k| k.key_id == key.key_id)
+        {
+            ctx.aws.delete_alias(rc, alias).await?;
+        }
     }
     ctx.aws
         .schedule_key_deletion(rc, &key.key_id, KEY_PENDING_DAYS)

@@ -40,10 +40,13 @@ pub fn drifted(rs: &RotatedSecret, listed: &Listed) -> Option<&'static str> {
     }
     match &rs.spec.rotation {
         Some(r) => {
-            let same = listed.rotation_enabled
-                && listed.rotation_lambda_arn.as_deref() == Some(r.lambda_arn.as_str())
-                && listed.schedule_expression.as_deref() == Some(r.schedule.as_str())
-                && listed.rotation_window.as_deref() == r.window.as_deref();
+            let same = crate::api::schedule::same_rotation(
+                r,
+                listed.rotation_enabled,
+                listed.rotation_lambda_arn.as_deref(),
+                listed.schedule_expression.as_deref(),
+                listed.rotation_window.as_deref(),
+            );
             if !same {
                 return Some("rotation");
             }

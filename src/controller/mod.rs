@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
@@ -34,7 +34,7 @@ use crate::api::conditions::{self, Condition};
 use crate::api::{OWNER_TAG, RotatedSecret, RotatedSecretStatus, duration, validate};
 use crate::aws::Aws;
 use crate::aws::secrets::Description;
-use crate::config::{AdoptionPolicy, RunArgs};
+use crate::config::{AdoptionPolicy, LambdaPolicy, RunArgs};
 use crate::k8s::leader::Elector;
 use crate::k8s::mirror;
 use crate::k8s::rollout::Workloads;
@@ -47,6 +47,7 @@ pub const FINALIZER: &str = "rotor.dev/cleanup";
 const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const MAX_EVENT_NOTE: usize = 1000;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -60,6 +61,9 @@ pub struct Context {
     pub min_refresh: Duration,
     pub drift_interval: Duration,
     pub cleanup_timeout: Duration,
+    pub rotate_now_min_interval: Duration,
+    pub lambda_policy: LambdaPolicy,
+    pub delete_created_kms_keys: bool,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RotatedSecret>, u32>>,
     /// Generation and time of the last full convergence per object: AWS
@@ -72,11 +76,16 @@ pub struct Context {
     seen: Mutex<HashMap<String, Seen>>,
     /// Objects to check with DescribeSecret on every refresh until their
     /// version moves (a rotation rotor asked for, or an event).
-    watching: Mutex<HashMap<ObjectRef<RotatedSecret>, Option<String>>>,
+    /// The version synced when watching started, and when watching ends
+    /// anyway (an event or rotate-now whose rotation never comes must not
+    /// pin the object to DescribeSecret forever).
+    watching: Mutex<HashMap<ObjectRef<RotatedSecret>, Watch>>,
     /// When a new version was first noticed, for latency metrics.
     detected: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, Instant)>>,
-    /// The sweep's interval, and when it last covered every region.
-    sweep: Mutex<(Duration, Option<Instant>)>,
+    /// The sweep's interval, and when it last listed each region. Health is
+    /// per region: one object naming a region that fails (a typo, a disabled
+    /// opt-in region) must not move every other object to DescribeSecret.
+    sweep: Mutex<(Duration, HashMap<String, Instant>)>,
     /// The status rotor last wrote per object (with the object's uid): only
     /// the leader writes status, so this is never older than the cache.
     statuses: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, RotatedSecretStatus)>>,
@@ -89,9 +98,14 @@ pub struct Context {
 pub struct Seen {
     pub version: Option<String>,
     pub owner: Option<String>,
+    /// When the call that saw this was sent: AWS's answer describes the
+    /// secret as it was at some point after this instant.
     pub at: Instant,
     pub wall: Timestamp,
-    /// Rotation dates as last seen, so status follows rotations without a describe.
+    /// Rotation state as last seen, so status follows rotations without a
+    /// describe. Always taken together: mixing an enabled flag and dates from
+    /// two observations shows a cancelled rotation with a next date.
+    pub rotation_enabled: bool,
     pub last_rotated: Option<String>,
     pub next_rotation: Option<String>,
 }
@@ -113,7 +127,10 @@ impl Context {
     }
 
     fn needs_converge(&self, rs: &RotatedSecret) -> bool {
-        let mut converged = self.converged.lock().expect("converged lock");
+        let mut converged = self
+            .converged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = ObjectRef::from(rs);
         if !converged.contains_key(&key) && ready_at_generation(rs) {
             // Converged before this process started: nothing to redo now (the
@@ -134,10 +151,13 @@ impl Context {
     }
 
     fn mark_converged(&self, rs: &RotatedSecret) {
-        self.converged.lock().expect("converged lock").insert(
-            ObjectRef::from(rs),
-            (rs.metadata.generation, Some(Instant::now())),
-        );
+        self.converged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                ObjectRef::from(rs),
+                (rs.metadata.generation, Some(Instant::now())),
+            );
     }
 
     /// Asks for a convergence on the next reconcile (drift seen by the
@@ -145,7 +165,10 @@ impl Context {
     /// a setting AWS reports differently from how it was set must not loop,
     /// but a secret scheduled for deletion or gone is looked at every sweep.
     fn request_converge(&self, rs: &RotatedSecret, urgent: bool) -> bool {
-        let mut converged = self.converged.lock().expect("converged lock");
+        let mut converged = self
+            .converged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = ObjectRef::from(rs);
         if let Some((_, Some(at))) = converged.get(&key)
             && at.elapsed() < Duration::from_secs(60)
@@ -159,16 +182,34 @@ impl Context {
 
     fn forget(&self, rs: &RotatedSecret) {
         let key = ObjectRef::from(rs);
-        self.converged.lock().expect("converged lock").remove(&key);
-        self.failures.lock().expect("backoff lock").remove(&key);
-        self.watching.lock().expect("watching lock").remove(&key);
-        self.detected.lock().expect("detected lock").remove(&key);
-        self.statuses.lock().expect("statuses lock").remove(&key);
+        self.converged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.watching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.detected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
     }
 
     /// How long the sweep has seen `version` pending on `arn` (`None` clears).
     fn pending_for(&self, arn: &str, version: Option<&str>) -> Duration {
-        let mut pending = self.pending.lock().expect("pending lock");
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(version) = version else {
             pending.remove(arn);
             return Duration::ZERO;
@@ -183,7 +224,10 @@ impl Context {
     }
 
     fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
-        let statuses = self.statuses.lock().expect("statuses lock");
+        let statuses = self
+            .statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (uid, status) = statuses.get(&ObjectRef::from(rs))?;
         (Some(uid) == rs.uid().as_ref()).then(|| status.clone())
     }
@@ -192,17 +236,31 @@ impl Context {
         if let Some(uid) = rs.uid() {
             self.statuses
                 .lock()
-                .expect("statuses lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(ObjectRef::from(rs), (uid, status.clone()));
         }
     }
 
-    pub fn record_seen_as(&self, arn: &str, seen: Seen) {
-        self.seen.lock().expect("seen lock").insert(arn.to_owned(), seen);
+    /// Records an observation unless a newer one is already there. A
+    /// ListSecrets page is sent before, and may land after, a DescribeSecret
+    /// that follows one of rotor's own writes; the older view must not win,
+    /// or status shows the state from before that write.
+    pub fn record_seen_as(&self, arn: &str, seen: Seen) -> bool {
+        let mut all = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.get(arn).is_some_and(|known| known.at > seen.at) {
+            return false;
+        }
+        all.insert(arn.to_owned(), seen);
+        true
     }
 
     /// Records what a DescribeSecret just showed.
     pub fn record_seen(&self, desc: &Description) {
+        // Stamped on arrival, a little later than sent: it still outranks any
+        // listing sent before it, which is what matters.
         self.record_seen_as(
             &desc.arn,
             Seen {
@@ -210,6 +268,7 @@ impl Context {
                 owner: desc.owner().map(str::to_owned),
                 at: Instant::now(),
                 wall: Timestamp::now(),
+                rotation_enabled: desc.rotation_enabled,
                 last_rotated: desc.last_rotated.clone(),
                 next_rotation: desc.next_rotation.clone(),
             },
@@ -217,7 +276,11 @@ impl Context {
     }
 
     fn seen(&self, arn: &str) -> Option<Seen> {
-        self.seen.lock().expect("seen lock").get(arn).cloned()
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(arn)
+            .cloned()
     }
 
     fn check_age(&self, arn: &str) -> Duration {
@@ -225,17 +288,48 @@ impl Context {
     }
 
     fn set_poll_interval(&self, every: Duration) {
-        self.sweep.lock().expect("sweep lock").0 = every;
+        self.sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = every;
     }
 
-    fn swept(&self) {
-        self.sweep.lock().expect("sweep lock").1 = Some(Instant::now());
+    fn swept(&self, region: &str) {
+        self.sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .insert(region.to_owned(), Instant::now());
+    }
+
+    /// Forgets sweep health of regions no object names any more.
+    fn keep_regions(&self, regions: &std::collections::BTreeSet<String>) {
+        self.sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .retain(|r, _| regions.contains(r));
+    }
+
+    fn region_of<'a>(&'a self, rs: &'a RotatedSecret) -> &'a str {
+        rs.spec
+            .secrets_manager
+            .region
+            .as_deref()
+            .unwrap_or(self.aws.default_region())
     }
 
     /// Whether the sweep covered every region recently enough to be relied on.
-    fn sweep_healthy(&self) -> bool {
-        let (every, last) = *self.sweep.lock().expect("sweep lock");
-        last.is_some_and(|t| t.elapsed() <= every * 2 + Duration::from_secs(5))
+    fn sweep_healthy(&self, region: &str) -> bool {
+        let sweep = self
+            .sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let every = sweep.0;
+        sweep
+            .1
+            .get(region)
+            .is_some_and(|t| t.elapsed() <= every * 2 + Duration::from_secs(5))
     }
 
     /// Records when a version different from the synced one was first noticed.
@@ -249,7 +343,10 @@ impl Context {
         if version == synced {
             return;
         }
-        let mut detected = self.detected.lock().expect("detected lock");
+        let mut detected = self
+            .detected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = ObjectRef::from(rs);
         if detected.get(&key).is_none_or(|(v, _)| v != version) {
             detected.insert(key, (version.to_owned(), Instant::now()));
@@ -258,7 +355,10 @@ impl Context {
     }
 
     fn detected_at(&self, rs: &RotatedSecret, version: &str) -> Option<Instant> {
-        let detected = self.detected.lock().expect("detected lock");
+        let detected = self
+            .detected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         detected
             .get(&ObjectRef::from(rs))
             .filter(|(v, _)| v == version)
@@ -268,27 +368,36 @@ impl Context {
     fn clear_detected(&self, rs: &RotatedSecret) {
         self.detected
             .lock()
-            .expect("detected lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&ObjectRef::from(rs));
     }
 
     /// Check this object with DescribeSecret until its version moves.
     pub fn watch(&self, rs: &RotatedSecret) {
         let synced = rs.status.as_ref().and_then(|s| s.synced_version_id.clone());
+        let until = Instant::now() + self.rotation_window(rs);
         self.watching
             .lock()
-            .expect("watching lock")
-            .insert(ObjectRef::from(rs), synced);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ObjectRef::from(rs), (synced, until));
+    }
+
+    /// How long a rotation of this object may take: its window, else a day.
+    fn rotation_window(&self, rs: &RotatedSecret) -> Duration {
+        provision::stuck_after(rs.spec.rotation.as_ref().and_then(|r| r.window.as_deref()))
     }
 
     /// Stops watching once the Secret holds a version other than the one
     /// it held when watching started.
     fn unwatch_if_moved(&self, rs: &RotatedSecret, synced: Option<&str>) {
-        let mut watching = self.watching.lock().expect("watching lock");
+        let mut watching = self
+            .watching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = ObjectRef::from(rs);
         if watching
             .get(&key)
-            .is_some_and(|before| before.as_deref() != synced)
+            .is_some_and(|(before, _)| before.as_deref() != synced)
         {
             watching.remove(&key);
         }
@@ -297,26 +406,37 @@ impl Context {
     /// In its rotation window (from `nextRotationDate`), or waiting for a
     /// rotation: ListSecrets may lag here, so the object describes itself.
     fn is_watching(&self, rs: &RotatedSecret) -> bool {
-        if self
+        let key = ObjectRef::from(rs);
+        let mut watching = self
             .watching
             .lock()
-            .expect("watching lock")
-            .contains_key(&ObjectRef::from(rs))
-        {
-            return true;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match watching.get(&key) {
+            Some((_, until)) if *until > Instant::now() => return true,
+            Some(_) => {
+                watching.remove(&key);
+            }
+            None => {}
         }
+        drop(watching);
         self.until_rotation_window(rs).is_some_and(|d| d.is_zero())
     }
 
-    /// Time until the object's next rotation window opens (zero when open),
-    /// if a rotation is scheduled. The window opens one refresh interval
-    /// before `nextRotationDate`.
+    /// Time until the object's next rotation window opens (zero while it is
+    /// open), if one is scheduled. The window opens one refresh interval
+    /// before `nextRotationDate` and closes when a rotation of that length
+    /// would be called stuck: a date that passed without a rotation (a
+    /// failing Lambda, a cancelled schedule) does not keep the object on
+    /// DescribeSecret forever.
     fn until_rotation_window(&self, rs: &RotatedSecret) -> Option<Duration> {
         let next: Timestamp = rs.status.as_ref()?.next_rotation_date.as_deref()?.parse().ok()?;
+        let now = Timestamp::now().as_second();
         let opens = next.as_second() - self.refresh_interval(rs).as_secs() as i64;
-        Some(Duration::from_secs(
-            opens.saturating_sub(Timestamp::now().as_second()).max(0) as u64,
-        ))
+        let closes = next.as_second() + self.rotation_window(rs).as_secs() as i64;
+        if now > closes {
+            return None;
+        }
+        Some(Duration::from_secs(opens.saturating_sub(now).max(0) as u64))
     }
 
     /// What the sweep says about this object's secret, when fresh and
@@ -324,11 +444,15 @@ impl Context {
     fn polled(&self, rs: &RotatedSecret) -> Option<Description> {
         let status = rs.status.as_ref()?;
         let arn = status.arn.as_deref()?;
-        if self.is_watching(rs) || !self.sweep_healthy() {
+        if self.is_watching(rs) || !self.sweep_healthy(self.region_of(rs)) {
             return None;
         }
         let seen = self.seen(arn)?;
-        let every = self.sweep.lock().expect("sweep lock").0;
+        let every = self
+            .sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
         if seen.at.elapsed() > every * 2 || seen.owner.as_deref() != Some(self.owner_tag_value(rs).as_str()) {
             return None;
         }
@@ -341,9 +465,9 @@ impl Context {
                 .into_iter()
                 .collect(),
             current_version: seen.version,
-            rotation_enabled: status.rotation_enabled.unwrap_or(false),
-            last_rotated: seen.last_rotated.or_else(|| status.last_rotated_date.clone()),
-            next_rotation: seen.next_rotation.or_else(|| status.next_rotation_date.clone()),
+            rotation_enabled: seen.rotation_enabled,
+            last_rotated: seen.last_rotated,
+            next_rotation: seen.next_rotation,
             ..Description::default()
         })
     }
@@ -353,13 +477,16 @@ impl Context {
     /// otherwise at the next rotation window or the drift interval.
     fn next_check(&self, rs: &RotatedSecret) -> Duration {
         let refresh = self.refresh_interval(rs);
-        if self.is_watching(rs) || !self.sweep_healthy() {
+        if self.is_watching(rs) || !self.sweep_healthy(self.region_of(rs)) {
             return refresh;
         }
         let window = self.until_rotation_window(rs).unwrap_or(Duration::MAX);
         window.min(self.drift_interval).max(refresh)
     }
 }
+
+/// The version synced when watching started, and the end of watching.
+type Watch = (Option<String>, Instant);
 
 /// The generation last converged and when (`None`: converge on the next reconcile).
 type Converged = (Option<i64>, Option<Instant>);
@@ -481,27 +608,75 @@ async fn set_finalizers(ctx: &Context, rs: &RotatedSecret, finalizers: Vec<Strin
 #[tracing::instrument(skip(rs, ctx), fields(namespace = rs.namespace(), name = %rs.name_any()))]
 async fn reconcile(rs: Arc<RotatedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let start = Instant::now();
-    let res = if rs.metadata.deletion_timestamp.is_some() {
-        cleanup::cleanup(&rs, &ctx).await
-    } else {
-        apply(&rs, &ctx).await
+    let work = async {
+        if rs.metadata.deletion_timestamp.is_some() {
+            cleanup::cleanup(&rs, &ctx).await
+        } else {
+            apply(&rs, &ctx).await
+        }
+    };
+    // kube-runtime re-raises a reconcile's panic and takes every object down
+    // with it. A panic (a bug, but one day there will be one) stays with its
+    // object: reported there, counted, and retried with backoff. Shared state
+    // stays usable: every lock recovers from poisoning.
+    let res = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(res) => res,
+        Err(_) => {
+            ctx.metrics.reconcile_panicked();
+            report_panic(&rs, &ctx).await;
+            Err(Error::Panic)
+        }
     };
     ctx.metrics
         .reconciled(start.elapsed(), res.as_ref().err().map(Error::category));
     if res.is_ok() {
         ctx.failures
             .lock()
-            .expect("backoff lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&ObjectRef::from(rs.as_ref()));
     }
     res
+}
+
+/// Marks the object after a panic in its reconcile: `Ready` False with
+/// reason `InternalError`, and a Warning Event. Best effort; the panic hook
+/// has logged where it happened (without its message, which may quote
+/// values).
+async fn report_panic(rs: &RotatedSecret, ctx: &Context) {
+    let old = ctx
+        .last_status(rs)
+        .unwrap_or_else(|| rs.status.clone().unwrap_or_default());
+    let mut new = old.clone();
+    let err = Error::Panic;
+    conditions::upsert(
+        &mut new.conditions,
+        Condition::new(conditions::READY, false, err.reason(), err.to_string()),
+        rs.metadata.generation,
+        &Timestamp::now().to_string(),
+    );
+    match patch_status(ctx, rs, &old, &new).await {
+        Ok(()) => ctx.remember_status(rs, &new),
+        Err(e) => warn!(error = %e, "could not record the internal error in status"),
+    }
+    publish(
+        ctx,
+        rs,
+        EventType::Warning,
+        err.reason(),
+        "Reconcile",
+        err.to_string(),
+    )
+    .await;
 }
 
 /// Transient errors back off exponentially per object, with jitter so many
 /// objects failing together (an AWS outage) do not retry in lockstep.
 fn error_policy(rs: Arc<RotatedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
     let attempts = {
-        let mut failures = ctx.failures.lock().expect("backoff lock");
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = failures.entry(ObjectRef::from(rs.as_ref())).or_default();
         *n = n.saturating_add(1);
         *n
@@ -557,6 +732,11 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     );
     run.status.observed_generation = rs.metadata.generation;
     record_check_time(&mut run);
+    ctx.metrics.set_ready(
+        &rs.namespace().unwrap_or_default(),
+        &rs.name_any(),
+        outcome.is_ok(),
+    );
 
     run.save().await?;
 
@@ -598,15 +778,45 @@ fn record_check_time(run: &mut Run<'_>) {
     }
 }
 
+/// Runs the stages in order. Once the AWS secret's identity is known and
+/// owned (its ARN pinned in status), a failure in a stage that only
+/// configures AWS (spec checks, key, settings, rotation, rotate-now) is
+/// recorded on its own condition and the mirror still runs: a schedule AWS
+/// refuses or a bad tag must never stop the Secret from following AWSCURRENT
+/// while the rotation Lambda keeps changing the password. The first failure
+/// is returned for `Ready`, the Event and the retry policy.
 async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     let rs = run.rs;
-    validate::validate(&rs.spec).map_err(|p| (Stage::Spec, Error::InvalidSpec(p)))?;
-    let converge = run.ctx.needs_converge(rs);
+    let known = run.status.arn.is_some();
+    let mut failed: Vec<(Stage, Error)> = Vec::new();
+    let fail = |run: &mut Run<'_>, failed: &mut Vec<(Stage, Error)>, stage: Stage, err: Error| {
+        run.set(stage.condition(), false, err.reason(), err.to_string());
+        failed.push((stage, err));
+    };
 
-    let key = if converge {
-        provision::ensure_key(run).await.map_err(|e| (Stage::Kms, e))?
+    let valid = match validate::validate(&rs.spec).and_then(|()| context_problems(run)) {
+        Ok(()) => true,
+        Err(problems) if known && !validate::blocks_mirror(&rs.spec) => {
+            fail(run, &mut failed, Stage::Spec, Error::InvalidSpec(problems));
+            false
+        }
+        Err(problems) => return Err((Stage::Spec, Error::InvalidSpec(problems))),
+    };
+    let converge = valid && run.ctx.needs_converge(rs);
+
+    let (key, key_ok) = if converge {
+        match provision::ensure_key(run).await {
+            Ok(key) => (key, true),
+            // Without the key a new secret cannot be created, nor the key of
+            // an existing one converged; the existing one is still mirrored.
+            Err(e) if known => {
+                fail(run, &mut failed, Stage::Kms, e);
+                (None, false)
+            }
+            Err(e) => return Err((Stage::Kms, e)),
+        }
     } else {
-        None
+        (None, true)
     };
     // Between convergences, the sweep's view of the secret is enough; the
     // full describe path runs on spec changes, drift checks, rotation
@@ -614,36 +824,68 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
     let desc = match run.ctx.polled(rs).filter(|_| !converge) {
         Some(desc) => {
             run.status.current_version_id = desc.current_version.clone();
+            run.status.rotation_enabled = Some(desc.rotation_enabled);
             run.status.last_rotated_date = desc.last_rotated.clone();
             run.status.next_rotation_date = desc.next_rotation.clone();
             desc
         }
         None => {
-            let desc = provision::ensure_secret(run, key.as_ref(), converge)
+            let desc = provision::ensure_secret(run, key.as_ref())
                 .await
                 .map_err(|e| (Stage::Secret, e))?;
             run.ctx.record_seen(&desc);
             desc
         }
     };
-    if converge {
-        provision::ensure_rotation(run, &desc)
-            .await
-            .map_err(|e| (Stage::Rotation, e))?;
+    if converge && key_ok {
+        if let Err(e) = provision::converge(run, &desc, key.as_ref()).await {
+            fail(run, &mut failed, Stage::Secret, e);
+        }
     }
-    provision::rotate_now(run, &desc)
-        .await
-        .map_err(|e| (Stage::Rotation, e))?;
-    let written = sync::sync_secret(run, &desc)
-        .await
-        .map_err(|e| (Stage::Sync, e))?;
-    sync::rollout(run, &written)
-        .await
-        .map_err(|e| (Stage::Rollout, e))?;
-    if converge {
+    if converge && let Err(e) = provision::ensure_rotation(run, &desc).await {
+        fail(run, &mut failed, Stage::Rotation, e);
+    }
+    if valid && let Err(e) = provision::rotate_now(run, &desc).await {
+        fail(run, &mut failed, Stage::Rotation, e);
+    }
+    match sync::sync_secret(run, &desc).await {
+        Ok(written) => {
+            if let Err(e) = sync::rollout(run, &written).await {
+                fail(run, &mut failed, Stage::Rollout, e);
+            }
+        }
+        Err(e) => fail(run, &mut failed, Stage::Sync, e),
+    }
+    if converge && failed.is_empty() {
         run.ctx.mark_converged(rs);
     }
-    Ok(())
+    failed.into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Spec problems that depend on the operator's settings.
+fn context_problems(run: &Run<'_>) -> Result<(), Vec<String>> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let mut problems = Vec::new();
+    let owner = ctx.owner_tag_value(rs);
+    if owner.chars().count() > 256 {
+        problems.push(format!(
+            "the ownership tag {OWNER_TAG}={owner:.40}... would be {} characters; AWS allows 256. \
+             Use a shorter namespace or name",
+            owner.chars().count()
+        ));
+    }
+    let sm = &rs.spec.secrets_manager;
+    let home = sm.region.as_deref().unwrap_or(ctx.aws.default_region());
+    if sm.replica_regions.iter().any(|r| r.region == home) {
+        problems.push(format!(
+            "secretsManager.replicaRegions: {home} is the secret's own region"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// Sends only the status fields that changed, as a JSON merge patch: the
@@ -712,8 +954,10 @@ async fn publish(
     type_: EventType,
     reason: &str,
     action: &str,
-    note: String,
+    mut note: String,
 ) {
+    // events.k8s.io refuses notes over 1 KiB; a cut note still says what happened.
+    conditions::truncate(&mut note, MAX_EVENT_NOTE);
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -777,7 +1021,18 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         args.namespaces.iter().cloned().map(Some).collect()
     };
     let (workloads, workload_watch) = Workloads::new(client.clone(), &scopes);
-    tokio::spawn(workload_watch);
+    let health = readiness.clone();
+    tokio::spawn(async move {
+        // The workload watches cannot be rebuilt in place: if they stop,
+        // rollout would act on a frozen cache, so /healthz fails instead
+        // and the kubelet restarts rotor.
+        let outcome = tokio::spawn(workload_watch).await;
+        warn!(
+            panicked = outcome.is_err(),
+            "workload watches stopped; reporting unhealthy"
+        );
+        health.set_unhealthy();
+    });
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -790,13 +1045,16 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         min_refresh: args.min_refresh_interval,
         drift_interval: args.drift_interval,
         cleanup_timeout: args.cleanup_timeout,
+        rotate_now_min_interval: args.rotate_now_min_interval,
+        lambda_policy: LambdaPolicy::new(&args.allowed_lambda_arns),
+        delete_created_kms_keys: args.delete_created_kms_keys,
         failures: Mutex::default(),
         converged: Mutex::default(),
         workloads: workloads.clone(),
         seen: Mutex::default(),
         watching: Mutex::default(),
         detected: Mutex::default(),
-        sweep: Mutex::new((DEFAULT_REFRESH, None)),
+        sweep: Mutex::new((DEFAULT_REFRESH, HashMap::new())),
         statuses: Mutex::default(),
         pending: Mutex::default(),
     });
@@ -868,18 +1126,29 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         );
     }
 
-    tokio::spawn(poller::sweep_loop(ctx.clone(), pollers.clone()));
+    supervise("sweep", &ctx.metrics, {
+        let (ctx, pollers) = (ctx.clone(), pollers.clone());
+        move || poller::sweep_loop(ctx.clone(), pollers.clone())
+    });
     if let Some(queue_url) = args.events_queue_url.clone() {
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let sqs = ctx.aws.sqs(&queue_url);
         info!(%queue_url, "consuming Secrets Manager events");
-        tokio::spawn(crate::aws::events::consume(
-            sqs,
-            queue_url,
-            tx,
-            ctx.metrics.clone(),
-        ));
-        tokio::spawn(poller::event_loop(ctx.clone(), pollers.clone(), rx));
+        supervise("events", &ctx.metrics, {
+            let (ctx, pollers) = (ctx.clone(), pollers.clone());
+            move || {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let consume = crate::aws::events::consume(
+                    ctx.aws.sqs(&queue_url),
+                    queue_url.clone(),
+                    tx,
+                    ctx.metrics.clone(),
+                );
+                let route = poller::event_loop(ctx.clone(), pollers.clone(), rx);
+                async move {
+                    // Either half ending ends both; the supervisor restarts them.
+                    futures::future::select(Box::pin(consume), Box::pin(route)).await;
+                }
+            }
+        });
     }
     tokio::spawn(async move {
         while !(synced.iter().all(|s| s.load(Ordering::Relaxed)) && workloads.is_ready()) {
@@ -903,6 +1172,31 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
     }
     info!("controller stopped");
     Ok(())
+}
+
+/// Runs a background task for the life of the process, restarting it with
+/// backoff whenever it ends or panics (counted in
+/// `rotor_task_restarts_total{task}`), so it never dies silently.
+fn supervise<F, Fut>(task: &'static str, metrics: &Arc<Metrics>, mut make: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let outcome = tokio::spawn(make()).await;
+            metrics.task_restarted(task);
+            warn!(task, panicked = outcome.is_err(), retry_in = ?delay, "background task stopped; restarting");
+            if started.elapsed() > Duration::from_secs(300) {
+                delay = Duration::from_secs(1);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 #[cfg(test)]

@@ -94,10 +94,12 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             }
         }
     }
+    ctx.keep_regions(&regions);
     let prefix = format!("{}/", ctx.cluster_name);
     let mut all_ok = true;
     for region in regions {
         let rc = ctx.aws.region(Some(&region));
+        let sent = Instant::now();
         let listed = match ctx.aws.list_owned(&rc, Some(&prefix)).await {
             Ok(listed) => listed,
             Err(e) => {
@@ -106,6 +108,7 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 continue;
             }
         };
+        ctx.swept(&region);
         let listed_arns: std::collections::HashSet<String> = listed.iter().map(|e| e.arn.clone()).collect();
         for scope in scopes.iter_mut() {
             // Gone from the sweep (deleted outside rotor): let the object
@@ -136,17 +139,23 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             }
         }
         for entry in listed {
-            ctx.record_seen_as(
+            let fresh = ctx.record_seen_as(
                 &entry.arn,
                 Seen {
                     version: entry.current_version.clone(),
                     owner: entry.owner.clone(),
-                    at: Instant::now(),
+                    at: sent,
                     wall: Timestamp::now(),
+                    rotation_enabled: entry.rotation_enabled,
                     last_rotated: entry.last_rotated.clone(),
                     next_rotation: entry.next_rotation.clone(),
                 },
             );
+            if !fresh {
+                // rotor described this secret after the listing was sent:
+                // the listing has nothing newer to say about it.
+                continue;
+            }
             let Some((ns, name)) = entry
                 .owner
                 .as_deref()
@@ -188,9 +197,10 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             }
         }
     }
-    if all_ok {
-        ctx.swept();
-    }
+    ctx.metrics.retain_ready(|namespace, name| {
+        let key = ObjectRef::new(name).within(namespace);
+        scopes.iter().any(|s| s.store.get(&key).is_some())
+    });
     all_ok
 }
 

@@ -12,12 +12,14 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::{Run, request_token};
-use crate::api::{OWNER_TAG, ROTATE_NOW_ANNOTATION, conditions};
+use crate::api::{OWNER_TAG, RELEASED_TAG, ROTATE_NOW_ANNOTATION, conditions};
 use crate::aws::kms::KeyInfo;
 use crate::aws::secrets::{Description, NewSecret, RotationRequest};
 use crate::aws::{RegionClients, initial};
 use crate::{Error, Result};
 
+/// Longest `rotor.dev/rotate-now` token: it is kept in status and quoted in Events.
+const MAX_ROTATE_NOW_TOKEN: usize = 253;
 /// The AWS-managed key, for switching back when `kmsKey` is removed.
 const AWS_MANAGED_KEY: &str = "alias/aws/secretsmanager";
 /// How long a rotation may keep AWSPENDING on another version when the spec
@@ -180,9 +182,10 @@ fn arn_name_region(arn: &str) -> Option<(&str, &str)> {
     Some((name, region))
 }
 
-/// Finds, creates or restores the secret, enforces ownership, and (when
-/// `converge`) brings description, key, tags, policy and replicas in line.
-pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>, converge: bool) -> Result<Description> {
+/// Finds, creates or restores the secret and enforces ownership. Settings
+/// are brought in line separately ([`converge`]), so that a setting AWS
+/// refuses never hides the secret from the mirror.
+pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<Description> {
     let (rs, ctx) = (run.rs, run.ctx);
     let sm = &rs.spec.secrets_manager;
     let rc = region(run);
@@ -248,9 +251,6 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>, converge: b
     run.status.rotation_enabled = Some(desc.rotation_enabled);
     run.status.last_rotated_date = desc.last_rotated.clone();
     run.status.next_rotation_date = desc.next_rotation.clone();
-    if converge {
-        converge_secret(run, &rc, &desc, key).await?;
-    }
     run.set(
         conditions::SECRET_READY,
         true,
@@ -258,6 +258,12 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>, converge: b
         format!("AWS secret {} exists and is owned by this object", desc.arn),
     );
     Ok(desc)
+}
+
+/// Brings description, key, tags, policy and replicas in line with the spec.
+pub async fn converge(run: &mut Run<'_>, desc: &Description, key: Option<&KeyInfo>) -> Result<()> {
+    let rc = region(run);
+    converge_secret(run, &rc, desc, key).await
 }
 
 async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyInfo>) -> Result<Description> {
@@ -328,6 +334,29 @@ async fn check_owner(
                 sm.name
             ),
         )),
+        None if desc.tags.get(RELEASED_TAG).map(String::as_str) == Some(me) => {
+            // Released by this same object name earlier (Retain): take it
+            // back. Treated as adopted: rotor cannot tell what the earlier
+            // object had added, so it removes nothing it did not add now.
+            run.ensure_finalizer().await?;
+            ctx.aws.tag_secret(rc, &desc.arn, OWNER_TAG, me).await?;
+            ctx.aws
+                .untag_secret(rc, &desc.arn, &[RELEASED_TAG.to_owned()])
+                .await?;
+            run.status.adopted = true;
+            run.save().await?;
+            info!(arn = %desc.arn, "re-claimed released AWS secret");
+            run.event(
+                EventType::Normal,
+                "Reclaimed",
+                "Adopt",
+                format!("Re-claimed AWS secret {} released earlier by {me}", desc.arn),
+            )
+            .await;
+            desc.tags.remove(RELEASED_TAG);
+            desc.tags.insert(OWNER_TAG.to_owned(), me.to_owned());
+            Ok(desc)
+        }
         None if !sm.adopt => Err(refused(
             "AdoptionRequired",
             format!(
@@ -345,6 +374,10 @@ async fn check_owner(
         )),
         None => {
             run.ensure_finalizer().await?;
+            // Recorded before the tag: a crash in between must not leave a
+            // secret rotor owns but believes it created.
+            run.status.adopted = true;
+            run.save().await?;
             ctx.aws.tag_secret(rc, &desc.arn, OWNER_TAG, me).await?;
             info!(arn = %desc.arn, "adopted AWS secret");
             run.event(
@@ -450,15 +483,19 @@ async fn converge_secret(
     if !add.is_empty() {
         aws.add_replicas(rc, &desc.arn, &add).await?;
     }
+    // Of a secret rotor found (adopted), only replicas it added go.
+    let adopted = run.status.adopted;
+    let managed = &run.status.managed_replicas;
     let remove: Vec<String> = desc
         .replicas
         .keys()
-        .filter(|r| !desired.contains_key(r.as_str()))
+        .filter(|r| !desired.contains_key(r.as_str()) && (!adopted || managed.contains(r)))
         .cloned()
         .collect();
     if !remove.is_empty() {
         aws.remove_replicas(rc, &desc.arn, &remove).await?;
     }
+    run.status.managed_replicas = desired.keys().map(|r| r.to_string()).collect();
     Ok(())
 }
 
@@ -490,11 +527,24 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
         return Ok(());
     };
 
-    let matches = desc.rotation_enabled
-        && desc.rotation_lambda_arn.as_deref() == Some(rotation.lambda_arn.as_str())
-        && desc.schedule_expression.as_deref() == Some(rotation.schedule.as_str())
-        && desc.rotation_window.as_deref() == rotation.window.as_deref();
+    let matches = crate::api::schedule::same_rotation(
+        rotation,
+        desc.rotation_enabled,
+        desc.rotation_lambda_arn.as_deref(),
+        desc.schedule_expression.as_deref(),
+        desc.rotation_window.as_deref(),
+    );
     if !matches {
+        if !ctx.lambda_policy.allows(&rotation.lambda_arn, &desc.arn) {
+            return Err(refused(
+                "LambdaNotAllowed",
+                format!(
+                    "rotation.lambdaArn {} is not in the secret's account and region ({}), and the operator's \
+                     --allowed-lambda-arns does not list it",
+                    rotation.lambda_arn, desc.arn
+                ),
+            ));
+        }
         let immediately = rotation.rotate_immediately && !desc.rotation_enabled;
         ctx.aws
             .rotate_secret(
@@ -576,7 +626,7 @@ async fn refresh_rotation_status(run: &mut Run<'_>, rc: &RegionClients, arn: &st
 /// called stuck: the rotation window, or a day without one.
 pub fn stuck_after(window: Option<&str>) -> std::time::Duration {
     window
-        .and_then(|w| w.strip_suffix('h')?.parse::<u64>().ok())
+        .and_then(crate::api::schedule::window_hours)
         .map(|h| std::time::Duration::from_secs(h * 3600))
         .unwrap_or(DEFAULT_STUCK_AFTER)
 }
@@ -598,11 +648,37 @@ pub async fn rotate_now(run: &mut Run<'_>, desc: &Description) -> Result<()> {
             format!("{ROTATE_NOW_ANNOTATION} needs spec.rotation (a rotation Lambda) to rotate with"),
         ));
     }
+    if token.is_empty() || token.len() > MAX_ROTATE_NOW_TOKEN {
+        return Err(refused(
+            "InvalidRotateNowToken",
+            format!("{ROTATE_NOW_ANNOTATION} must be 1 to {MAX_ROTATE_NOW_TOKEN} characters"),
+        ));
+    }
+    if let Some(last) = run
+        .status
+        .rotate_now_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    {
+        let since = Timestamp::now().as_second().saturating_sub(last.as_second());
+        let spacing = ctx.rotate_now_min_interval.as_secs() as i64;
+        if since < spacing {
+            return Err(refused(
+                "RotateNowTooSoon",
+                format!(
+                    "the last {ROTATE_NOW_ANNOTATION} rotation was {since}s ago; the operator allows one every {spacing}s. \
+                     rotor rotates for this token in {}s",
+                    spacing - since
+                ),
+            ));
+        }
+    }
     let rc = region(run);
     ctx.aws
         .rotate_now(&rc, &desc.arn, &request_token(rs, &format!("rotate-now:{token}")))
         .await?;
     run.status.rotate_now_token = Some(token.clone());
+    run.status.rotate_now_time = Some(Timestamp::now().to_string());
     run.save().await?;
     info!(token, "rotation requested");
     run.event(

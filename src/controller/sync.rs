@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::{Run, publish_about};
 use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
-use crate::aws::secrets::Description;
+use crate::aws::secrets::{Description, SecretValue};
 use crate::k8s::mirror::{self, Written};
 use crate::k8s::rollout;
 use crate::{Error, Result};
@@ -63,7 +63,7 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Writte
 
     let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
     let value = ctx.aws.current_value(&rc, &desc.arn).await?;
-    let data = mirror::render(&rs.spec.target, &value)?;
+    let data = render_bounded(&rs.spec.target, &value).await?;
     let written = previous.next(&value.version_id, &generation, Timestamp::now());
     mirror::apply(&api, rs, &written, &data).await?;
     ctx.metrics.secret_written();
@@ -86,6 +86,27 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Writte
     run.status.last_sync_time = Some(run.now.clone());
     mark_synced(run, &value.version_id);
     Ok(written)
+}
+
+/// Renders off the async runtime under a time limit: a tenant's template
+/// must not hold a runtime thread that other objects' reconciles need. Fuel
+/// bounds the work, so a render that is still running at the limit ends soon
+/// after on its own.
+async fn render_bounded(target: &crate::api::TargetSpec, value: &SecretValue) -> Result<mirror::SecretData> {
+    let (target, value) = (target.clone(), value.clone());
+    let task = tokio::task::spawn_blocking(move || mirror::render(&target, &value));
+    match tokio::time::timeout(crate::template::TIME_LIMIT, task).await {
+        Ok(Ok(rendered)) => rendered,
+        Ok(Err(_)) => Err(Error::Render {
+            message: "target.template: rendering failed unexpectedly".to_owned(),
+        }),
+        Err(_) => Err(Error::Render {
+            message: format!(
+                "target.template: rendering took longer than {:?}",
+                crate::template::TIME_LIMIT
+            ),
+        }),
+    }
 }
 
 fn mark_synced(run: &mut Run<'_>, version: &str) {

@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Value, json};
 
 use super::FIELD_MANAGER;
@@ -67,33 +66,11 @@ pub fn render(target: &TargetSpec, value: &SecretValue) -> Result<SecretData> {
         return Ok(Sensitive(data));
     }
 
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    // Errors must not quote the template's surroundings with values filled in.
-    env.set_debug(false);
-    let ctx = minijinja::Value::from_serialize(&fields);
-    for (key, source) in &target.template {
-        let rendered = env.render_str(source, &ctx).map_err(|e| {
-            fail(format!(
-                "target.template[{key:?}]: {}",
-                describe_template_error(&e)
-            ))
-        })?;
-        data.insert(key.clone(), ByteString(rendered.into_bytes()));
+    let rendered = crate::template::render(&target.template, &fields).map_err(|e| fail(e.to_string()))?;
+    for (key, text) in rendered {
+        data.insert(key, ByteString(text.into_bytes()));
     }
     Ok(Sensitive(data))
-}
-
-fn describe_template_error(e: &minijinja::Error) -> String {
-    let mut msg = e.kind().to_string();
-    if let Some(detail) = e.detail() {
-        msg.push_str(": ");
-        msg.push_str(detail);
-    }
-    if let Some(line) = e.line() {
-        msg.push_str(&format!(" (line {line})"));
-    }
-    msg
 }
 
 /// Top-level fields of a JSON object secret, or `value` for anything else.

@@ -398,6 +398,14 @@ impl Rotor {
                 "--min-refresh-interval",
                 "1s",
             ])
+            // Tests send rotate-now tokens back to back; the spacing has its
+            // own test, which passes the default.
+            .args(
+                (!extra.contains(&"--rotate-now-min-interval"))
+                    .then_some(["--rotate-now-min-interval", "100ms"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env_clear()
@@ -435,6 +443,11 @@ impl Rotor {
             out.status.success().then_some(())
         })
         .await
+    }
+
+    /// Whether the process is still running (no crash, no exit).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub async fn metrics(&self) -> String {

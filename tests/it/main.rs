@@ -5,6 +5,7 @@ mod common;
 mod crd;
 mod events;
 mod follow;
+mod hostile;
 mod leader;
 mod provision;
 mod proxy;

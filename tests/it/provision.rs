@@ -41,7 +41,7 @@ const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 // Helpers: AWS clients and state, proxy counts, waiting.
 // ---------------------------------------------------------------------------
 
-fn kms() -> aws_sdk_kms::Client {
+pub(crate) fn kms() -> aws_sdk_kms::Client {
     let conf = aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
         .region(aws_sdk_kms::config::Region::new(REGION))
@@ -68,7 +68,7 @@ fn alias(env: &Env, what: &str) -> String {
     format!("alias/{}{what}", env.prefix)
 }
 
-async fn describe(env: &Env, name: &str) -> DescribeSecretOutput {
+pub(crate) async fn describe(env: &Env, name: &str) -> DescribeSecretOutput {
     env.sm
         .describe_secret()
         .secret_id(env.aws_name(name))
@@ -172,7 +172,7 @@ async fn secrets_named(env: &Env, name: &str) -> usize {
 }
 
 /// Simulated rotations of `arn` so far (the patched moto's test endpoint).
-fn rotations(arn: &str) -> u64 {
+pub(crate) fn rotations(arn: &str) -> u64 {
     let url = format!("{}/rotor-test/rotations", testbed().aws_endpoint);
     let out = std::process::Command::new("curl")
         .args(["-sf", &url])
@@ -184,7 +184,7 @@ fn rotations(arn: &str) -> u64 {
 }
 
 /// Every KMS key (in any state) whose owner tag names `owner`.
-async fn keys_owned_by(owner: &str) -> Vec<String> {
+pub(crate) async fn keys_owned_by(owner: &str) -> Vec<String> {
     let kms = kms();
     let mut ids = Vec::new();
     let mut marker = None;
@@ -275,12 +275,12 @@ fn active_faults(proxy: &AwsProxy) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("faults are a JSON list")
 }
 
-fn rotor_log(env: &Env) -> String {
+pub(crate) fn rotor_log(env: &Env) -> String {
     env.rotor.as_ref().map(|r| r.logs()).unwrap_or_default()
 }
 
 /// Ready=True for the object's current generation.
-async fn wait_ready(env: &Env, name: &str) -> RotatedSecret {
+pub(crate) async fn wait_ready(env: &Env, name: &str) -> RotatedSecret {
     let generation = env.rs_api().get(name).await.unwrap().metadata.generation;
     env.wait_rs(name, "Ready=True at the current generation", |rs| {
         rs.status
@@ -293,7 +293,7 @@ async fn wait_ready(env: &Env, name: &str) -> RotatedSecret {
 }
 
 /// Applies `spec` and waits until it is converged (Ready at its generation).
-async fn apply_ready(env: &Env, name: &str, spec: Value) -> RotatedSecret {
+pub(crate) async fn apply_ready(env: &Env, name: &str, spec: Value) -> RotatedSecret {
     env.apply_rs(name, spec).await;
     wait_ready(env, name).await
 }
@@ -302,7 +302,7 @@ async fn apply_ready(env: &Env, name: &str, spec: Value) -> RotatedSecret {
 /// do. Used to remove a field: on the 1.20 test bed, server-side apply turns a
 /// removed `rotation` into `rotation: {}` and a removed `resourcePolicy` into
 /// `null`, both of which the schema rejects.
-async fn merge_spec(env: &Env, name: &str, spec_patch: Value) {
+pub(crate) async fn merge_spec(env: &Env, name: &str, spec_patch: Value) {
     env.rs_api()
         .patch(
             name,
@@ -313,7 +313,7 @@ async fn merge_spec(env: &Env, name: &str, spec_patch: Value) {
         .expect("merge-patch spec");
 }
 
-async fn annotate(env: &Env, name: &str, key: &str, value: &str) {
+pub(crate) async fn annotate(env: &Env, name: &str, key: &str, value: &str) {
     let patch = json!({"metadata": {"annotations": {key: value}}});
     env.rs_api()
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -357,7 +357,7 @@ async fn delete_and_wait_gone(env: &Env, name: &str, timeout: Duration) {
     }
 }
 
-fn check_422(name: &str, field: &str, err: kube::Error) {
+pub(crate) fn check_422(name: &str, field: &str, err: kube::Error) {
     match err {
         kube::Error::Api(ae) => {
             assert_eq!(ae.code, 422, "{name}: {ae:?}");
@@ -1071,6 +1071,51 @@ async fn rotation_is_configured_without_rotating() {
     env.assert_no_leak(&["initial-Pw-9xz"]).await;
 }
 
+/// Issue A's cause: a ListSecrets page sent before CancelRotateSecret and
+/// answered after it must not bring the old nextRotationDate back into
+/// status. Every listing is held back 3 s by the proxy (answered by moto at
+/// once, relayed late), so the sweep always lands after rotor's own describe;
+/// annotating the object then makes it reconcile from the sweep's view.
+#[tokio::test]
+async fn a_late_listing_never_brings_back_a_cancelled_rotation() {
+    let mut env = Env::new().await;
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    env.start_rotor_with_endpoint(&[], &proxy.url);
+    let spec = |rotation: Value| {
+        json!({
+            "secretsManager": {"name": env.aws_name("late"), "initialValue": {"string": "late-Pw-4q"}},
+            "rotation": rotation,
+            "refreshInterval": "1s",
+        })
+    };
+    apply_ready(
+        &env,
+        "late",
+        spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(7 days)"})),
+    )
+    .await;
+    proxy.fault_spec(json!({"operation": "ListSecrets", "count": -1, "kind": "late", "seconds": 3}));
+    merge_spec(&env, "late", json!({"rotation": null})).await;
+    env.wait_condition("late", "RotationConfigured", "True", "NotConfigured")
+        .await;
+    for touch in 0..8 {
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        annotate(&env, "late", "test/touch", &touch.to_string()).await;
+        let status = env.rs_api().get("late").await.unwrap().status.unwrap();
+        assert_eq!(status.rotation_enabled, Some(false), "touch {touch}: {status:#?}");
+        assert_eq!(
+            status.next_rotation_date,
+            None,
+            "touch {touch}: {status:#?}\n{}",
+            rotor_log(&env)
+        );
+    }
+    assert!(
+        proxy.calls().get("ListSecrets").copied().unwrap_or(0) >= 2,
+        "the sweep ran meanwhile"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. rotate-now: once per token.
 // ---------------------------------------------------------------------------
@@ -1187,12 +1232,96 @@ async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
             .is_some_and(|k| key_arn.ends_with(&k))
     );
     wait_event(&env, "keep", "Released").await;
+    assert_eq!(
+        tags_of(&d).get("rotor.dev/released-from"),
+        Some(&env.owner("keep")),
+        "released, re-claimable by the same object name"
+    );
+
+    // GitOps replace (delete, then apply again): the same namespace/name
+    // re-claims its released secret without adopt, same ARN, same value.
+    let again = apply_ready(&env, "keep", seed_spec(&env, "keep", &key_alias)).await;
+    let status = again.status.as_ref().unwrap();
+    assert_eq!(status.arn, rs.status.as_ref().unwrap().arn, "same secret");
+    assert!(status.adopted, "treated as adopted: removes only what it adds");
+    let d = describe(&env, "keep").await;
+    assert_eq!(tags_of(&d).get(OWNER_TAG), Some(&env.owner("keep")));
+    assert_eq!(tags_of(&d).get("rotor.dev/released-from"), None);
+    assert_eq!(
+        d.version_ids_to_stages().map(|v| v.len()),
+        Some(1),
+        "no new value"
+    );
+    wait_event(&env, "keep", "Reclaimed").await;
+}
+
+/// KMS keys are the one thing rotor cannot see every use of: without the
+/// operator's opt-in a created key outlives its object; with it, an alias
+/// someone re-pointed at another key is left alone.
+#[tokio::test]
+async fn created_keys_are_deleted_only_with_the_opt_in_and_never_a_repointed_alias() {
+    let mut env = Env::new().await;
+    env.start_rotor(&[]);
+    let prefix = env.prefix.clone();
+    let spec = |name: &str, key_alias: &str| {
+        json!({
+            "secretsManager": {"name": format!("{prefix}{name}"), "kmsKey": {"alias": key_alias, "create": true},
+                               "initialValue": {"string": "kk-value-Q2"}, "deletionPolicy": "Delete"},
+            "refreshInterval": "1s",
+        })
+    };
+    let kept_alias = alias(&env, "kept");
+    let kept = apply_ready(&env, "kept", spec("kept", &kept_alias)).await;
+    let kept_key = kept.status.unwrap().kms_key_arn.unwrap();
+    delete_and_wait_gone(&env, "kept", Duration::from_secs(20)).await;
+    assert!(
+        describe(&env, "kept").await.deleted_date().is_some(),
+        "the secret goes"
+    );
+    assert_eq!(
+        key_state(&kept_key).await,
+        "Enabled",
+        "the key stays without the opt-in"
+    );
+    assert!(alias_target(&kept_alias).await.is_some());
+
+    env.start_rotor(&["--delete-created-kms-keys"]);
+    let moved_alias = alias(&env, "moved");
+    let moved = apply_ready(&env, "moved", spec("moved", &moved_alias)).await;
+    let own_key = moved.status.unwrap().kms_key_arn.unwrap();
+    let other_key = kms()
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_owned();
+    kms()
+        .update_alias()
+        .alias_name(&moved_alias)
+        .target_key_id(&other_key)
+        .send()
+        .await
+        .unwrap();
+    delete_and_wait_gone(&env, "moved", Duration::from_secs(20)).await;
+    assert_eq!(
+        key_state(&own_key).await,
+        "PendingDeletion",
+        "its own unused key goes"
+    );
+    assert_eq!(
+        alias_target(&moved_alias).await.as_deref(),
+        Some(other_key.as_str()),
+        "the re-pointed alias is not rotor's to delete"
+    );
 }
 
 #[tokio::test]
 async fn delete_schedules_deletion_and_keeps_a_shared_key() {
     let mut env = Env::new().await;
-    env.start_rotor(&[]);
+    env.start_rotor(&["--delete-created-kms-keys"]);
     let shared = alias(&env, "shared");
     let own = alias(&env, "own");
     let spec = |name: &str, key_alias: &str, days: i64| {
@@ -1255,7 +1384,7 @@ async fn delete_schedules_deletion_and_keeps_a_shared_key() {
 async fn a_failed_key_deletion_is_retried_after_the_secret_is_gone() {
     let mut env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
-    env.start_rotor_with_endpoint(&[], &proxy.url);
+    env.start_rotor_with_endpoint(&["--delete-created-kms-keys"], &proxy.url);
     let key_alias = alias(&env, "retry");
     let rs = apply_ready(
         &env,

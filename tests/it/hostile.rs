@@ -1,0 +1,807 @@
+//! The hostile-input table: RotatedSecrets written by an attacker or by a
+//! careless tenant, all in one namespace under one rotor. Each row must end
+//! in a schema rejection or a named condition, create or change nothing it
+//! should not in AWS or Kubernetes, leak no value, and leave rotor running
+//! and following every other object. A new case is one row.
+
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use rotor::api::RotatedSecret;
+use serde_json::{Value, json};
+
+use crate::common::{CLUSTER, Env, condition, testbed};
+use crate::provision::{annotate, apply_ready, check_422, keys_owned_by, merge_spec, rotations};
+use crate::proxy::AwsProxy;
+
+const LAMBDA: &str = "arn:aws:lambda:us-east-1:123456789012:function:secret-rotation";
+const FOREIGN_LAMBDA: &str = "arn:aws:lambda:us-east-1:999999999999:function:exfiltrate";
+/// Secret material that must never show up in logs, Events, status or metrics.
+const PASSWORD: &str = "Hostile-Pw-9f8e7d";
+const PIN: i64 = 987_654_321;
+
+/// What the API server or rotor must answer for one row.
+enum Expect {
+    /// The schema refuses it with a 422 naming this field; nothing is stored.
+    Schema(&'static str),
+    /// Condition False with this reason; no AWS secret, no Secret.
+    Refused(&'static str, &'static str),
+    /// Created in AWS, then the mirror refuses it (condition, reason): no Secret.
+    NotMirrored(&'static str, &'static str),
+    /// A stage fails (condition, reason) and the Secret is mirrored anyway.
+    Mirrored(&'static str, &'static str),
+}
+
+use Expect::*;
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+/// Applies with annotations (rotate-now rows), server-side, as a user would.
+async fn apply_with(env: &Env, name: &str, spec: &Value, annotations: &Value) {
+    let obj = json!({
+        "apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
+        "metadata": {"name": name, "annotations": annotations}, "spec": spec,
+    });
+    env.rs_api()
+        .patch(
+            name,
+            &PatchParams::apply("hostile-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: apply: {e}"));
+}
+
+/// Creates a raw object and expects the schema to refuse it.
+async fn expect_schema_rejection(env: &Env, name: &str, spec: &Value, field: &str) {
+    let obj = json!({"apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
+                     "metadata": {"name": name}, "spec": spec});
+    let api: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::discovery::ApiResource::erase::<RotatedSecret>(&()),
+    );
+    let raw: kube::core::DynamicObject = serde_json::from_value(obj).unwrap();
+    let err = api
+        .create(&PostParams::default(), &raw)
+        .await
+        .expect_err(&format!("{name}: the schema must reject it"));
+    check_422(name, field, err);
+    assert!(
+        env.rs_api().get_opt(name).await.unwrap().is_none(),
+        "{name} not stored"
+    );
+}
+
+async fn aws_secret_exists(env: &Env, name: &str) -> bool {
+    match env
+        .sm
+        .describe_secret()
+        .secret_id(env.aws_name(name))
+        .send()
+        .await
+    {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("ResourceNotFoundException") => false,
+        Err(e) => panic!("{name}: describe: {e:?}"),
+    }
+}
+
+async fn aws_value(env: &Env, name: &str) -> String {
+    env.sm
+        .get_secret_value()
+        .secret_id(env.aws_name(name))
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn hostile_and_mistaken_objects_are_contained() {
+    let mut env = Env::new().await;
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    // The default rotate-now spacing (1h), unlike the other tests.
+    env.start_rotor_with_endpoint(&["--rotate-now-min-interval", "1h"], &proxy.url);
+
+    // Pre-existing things a tenant might try to take over.
+    let foreign_owner = format!("{CLUSTER}/elsewhere/victim");
+    env.create_aws_secret("c-owned-by-another", "victim-value-Vv1", Some(&foreign_owner))
+        .await;
+    env.create_aws_secret("c-untagged-no-adopt", "untagged-value-Uu2", None)
+        .await;
+    env.create_aws_secret("c-adopt-not-allowed", "untagged-value-Uu3", None)
+        .await;
+    let unowned = serde_json::from_value::<Secret>(json!({
+        "metadata": {"name": "c-secret-conflict"}, "stringData": {"app": "theirs"}
+    }))
+    .unwrap();
+    env.secret_api()
+        .create(&PostParams::default(), &unowned)
+        .await
+        .unwrap();
+
+    let canary = apply_ready(
+        &env,
+        "canary",
+        json!({"secretsManager": {"name": env.aws_name("canary"), "initialValue": {"string": "canary-1"}},
+               "refreshInterval": "1s"}),
+    )
+    .await;
+    assert!(canary.status.unwrap().arn.is_some());
+
+    let base = |name: &str| {
+        json!({
+            "secretsManager": {"name": env.aws_name(name), "initialValue": {"template": {
+                "username": "u", "password": PASSWORD, "pin": PIN}}},
+            "refreshInterval": "1s",
+        })
+    };
+    let spec = |name: &str, patch: Value| {
+        let mut s = base(name);
+        merge(&mut s, patch);
+        s
+    };
+    let rotation = json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "rate(7 days)"}});
+    let big = "y".repeat(30_000);
+    let long_name: String = ["a".repeat(60), "b".repeat(60), "c".repeat(60), "d".repeat(60)].join(".");
+    let many =
+        |n: usize, f: &dyn Fn(usize) -> (String, Value)| -> Value { Value::Object((0..n).map(f).collect()) };
+    let none = json!({});
+
+    // (object, spec, annotations, expectation)
+    let rows: Vec<(String, Value, Value, Expect)> = vec![
+        // -- Refused by the schema: bounded strings, lists and maps, patterns, enums, ranges.
+        (
+            "s-refresh-days".into(),
+            spec("s-refresh-days", json!({"refreshInterval": "1d"})),
+            none.clone(),
+            Schema("spec.refreshInterval"),
+        ),
+        (
+            "s-name-chars".into(),
+            spec("s-name-chars", json!({"secretsManager": {"name": "a b"}})),
+            none.clone(),
+            Schema("spec.secretsManager.name"),
+        ),
+        (
+            "s-name-long".into(),
+            spec(
+                "s-name-long",
+                json!({"secretsManager": {"name": "a".repeat(600)}}),
+            ),
+            none.clone(),
+            Schema("spec.secretsManager.name"),
+        ),
+        (
+            "s-template-long".into(),
+            spec(
+                "s-template-long",
+                json!({"target": {"template": {"k": "x".repeat(20_000)}}}),
+            ),
+            none.clone(),
+            Schema("spec.target.template"),
+        ),
+        (
+            "s-many-tags".into(),
+            spec(
+                "s-many-tags",
+                json!({"secretsManager": {"tags": many(50, &|i| (format!("t{i}"), json!("v")))}}),
+            ),
+            none.clone(),
+            Schema("spec.secretsManager.tags"),
+        ),
+        (
+            "s-description-long".into(),
+            spec(
+                "s-description-long",
+                json!({"secretsManager": {"description": "d".repeat(3000)}}),
+            ),
+            none.clone(),
+            Schema("spec.secretsManager.description"),
+        ),
+        (
+            "s-many-replicas".into(),
+            spec(
+                "s-many-replicas",
+                json!({"secretsManager": {"replicaRegions": (0..65).map(|i| json!({"region": format!("eu-west-{i}")})).collect::<Vec<_>>()}}),
+            ),
+            none.clone(),
+            Schema("spec.secretsManager.replicaRegions"),
+        ),
+        (
+            "s-mode".into(),
+            spec("s-mode", json!({"rollout": {"mode": "Sometimes"}})),
+            none.clone(),
+            Schema("spec.rollout.mode"),
+        ),
+        (
+            "s-length".into(),
+            spec(
+                "s-length",
+                json!({"secretsManager": {"initialValue": {"generate": [{"key": "p", "length": 5000}]}}}),
+            ),
+            none.clone(),
+            Schema("length"),
+        ),
+        (
+            "s-lambda".into(),
+            spec(
+                "s-lambda",
+                json!({"rotation": {"lambdaArn": "arn:aws:lambda:us-east-1:123456789012:function:x y", "schedule": "rate(7 days)"}}),
+            ),
+            none.clone(),
+            Schema("spec.rotation.lambdaArn"),
+        ),
+        (
+            "s-region".into(),
+            spec("s-region", json!({"secretsManager": {"region": "moon-1"}})),
+            none.clone(),
+            Schema("spec.secretsManager.region"),
+        ),
+        (
+            "s-target-name".into(),
+            spec("s-target-name", json!({"target": {"name": "UPPER"}})),
+            none.clone(),
+            Schema("spec.target.name"),
+        ),
+        (
+            "s-label-long".into(),
+            spec(
+                "s-label-long",
+                json!({"target": {"labels": {"a": "x".repeat(5000)}}}),
+            ),
+            none.clone(),
+            Schema("spec.target.labels"),
+        ),
+        (
+            "s-many-template-keys".into(),
+            spec(
+                "s-many-template-keys",
+                json!({"target": {"template": many(65, &|i| (format!("k{i}"), json!("{{ username }}")))}}),
+            ),
+            none.clone(),
+            Schema("spec.target.template"),
+        ),
+        (
+            "s-exclude-long".into(),
+            spec(
+                "s-exclude-long",
+                json!({"secretsManager": {"initialValue": {"generate": [{"key": "p", "excludeCharacters": "x".repeat(5000)}]}}}),
+            ),
+            none.clone(),
+            Schema("excludeCharacters"),
+        ),
+        (
+            "s-window".into(),
+            spec(
+                "s-window",
+                json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "rate(7 days)", "window": "25h"}}),
+            ),
+            none.clone(),
+            Schema("spec.rotation.window"),
+        ),
+        // -- Refused by rotor before any AWS write: numbers, types, reserved keys, limits.
+        (
+            "r-refresh-overflow".into(),
+            spec(
+                "r-refresh-overflow",
+                json!({"refreshInterval": "20000000000000000000s"}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-refresh-overflow-later".into(),
+            spec(
+                "r-refresh-overflow-later",
+                json!({"refreshInterval": "4000000000000000000s"}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-refresh-25h".into(),
+            spec("r-refresh-25h", json!({"refreshInterval": "25h"})),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-rate-overflow".into(),
+            spec(
+                "r-rate-overflow",
+                json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "rate(18446744073709551615 hours)"}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-cron-hour-30".into(),
+            spec(
+                "r-cron-hour-30",
+                json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "cron(0 1,30 * * ? *)"}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-rate-2h".into(),
+            spec(
+                "r-rate-2h",
+                json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "rate(2 hours)"}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-type-sa-token".into(),
+            spec(
+                "r-type-sa-token",
+                json!({"target": {"type": "kubernetes.io/service-account-token"}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-type-helm".into(),
+            spec("r-type-helm", json!({"target": {"type": "helm.sh/release.v1"}})),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-label-helm-owner".into(),
+            spec(
+                "r-label-helm-owner",
+                json!({"target": {"labels": {"owner": "helm", "name": "app", "status": "deployed"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-annotation-sa".into(),
+            spec(
+                "r-annotation-sa",
+                json!({"target": {"annotations": {"kubernetes.io/service-account.name": "default"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-label-rotor".into(),
+            spec(
+                "r-label-rotor",
+                json!({"target": {"labels": {"rotor.dev/version-id": "x"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-tag-aws".into(),
+            spec(
+                "r-tag-aws",
+                json!({"secretsManager": {"tags": {"aws:cloudformation:stack-name": "x"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-tag-owner".into(),
+            spec(
+                "r-tag-owner",
+                json!({"secretsManager": {"tags": {"rotor.dev/owner": format!("{CLUSTER}/other/x")}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-tag-value-long".into(),
+            spec(
+                "r-tag-value-long",
+                json!({"secretsManager": {"tags": {"k": "v".repeat(300)}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-tag-key-chars".into(),
+            spec(
+                "r-tag-key-chars",
+                json!({"secretsManager": {"tags": {"a*b": "x"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-alias-aws".into(),
+            spec(
+                "r-alias-aws",
+                json!({"secretsManager": {"kmsKey": {"alias": "alias/aws/hostile", "create": true}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-key-id-garbage".into(),
+            spec(
+                "r-key-id-garbage",
+                json!({"secretsManager": {"kmsKey": {"id": "not a key!"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-replica-key".into(),
+            spec(
+                "r-replica-key",
+                json!({"secretsManager": {"replicaRegions": [{"region": "us-west-2", "kmsKeyId": "bad key"}]}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-replica-home".into(),
+            spec(
+                "r-replica-home",
+                json!({"secretsManager": {"replicaRegions": [{"region": "us-east-1"}]}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-template-star".into(),
+            spec(
+                "r-template-star",
+                json!({"target": {"template": {"K": "{{ 'x' * 100000000 }}"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-template-list-star".into(),
+            spec(
+                "r-template-list-star",
+                json!({"target": {"template": {"K": "{{ [password] * 100000000 | join }}"}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-template-syntax".into(),
+            spec(
+                "r-template-syntax",
+                json!({"target": {"template": {"K": "{{ password "}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-initial-huge".into(),
+            spec(
+                "r-initial-huge",
+                json!({"secretsManager": {"initialValue": {"template": {"blob": "x".repeat(70_000)}}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-policy-huge".into(),
+            spec(
+                "r-policy-huge",
+                json!({"secretsManager": {"resourcePolicy": {"Version": "2012-10-17", "Statement": [{"Sid": "s".repeat(25_000), "Effect": "Deny", "Principal": "*", "Action": "*", "Resource": "*"}]}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "r-policy-public".into(),
+            spec(
+                "r-policy-public",
+                json!({"secretsManager": {"resourcePolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            long_name.clone(),
+            spec(&long_name, json!({})),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        // -- Created, then the mirror refuses to render: errors carry no value.
+        (
+            "m-div-zero".into(),
+            spec(
+                "m-div-zero",
+                json!({"target": {"template": {"K": "{{ pin // 0 }}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-loop-leak".into(),
+            spec(
+                "m-loop-leak",
+                json!({"target": {"template": {"K": "{% for c in password %}{{ c ~ password ~ (c // 0) }}{% endfor %}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-center".into(),
+            spec(
+                "m-center",
+                json!({"target": {"template": {"K": "{{ password | center(100000000) }}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-range".into(),
+            spec(
+                "m-range",
+                json!({"target": {"template": {"K": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-fuel".into(),
+            spec(
+                "m-fuel",
+                json!({"secretsManager": {"initialValue": {"template": {"big": big}}}, "target": {"template": {"K": "{% for a in big %}{% for b in big %}{% endfor %}{% endfor %}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-undefined".into(),
+            spec(
+                "m-undefined",
+                json!({"target": {"template": {"K": "{{ nope }}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-replace-bomb".into(),
+            spec(
+                "m-replace-bomb",
+                json!({"target": {"template": {"K": "{{ password | replace('', password | replace('', password | replace('', password | replace('', password)))) }}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        (
+            "m-output-huge".into(),
+            spec(
+                "m-output-huge",
+                json!({"secretsManager": {"initialValue": {"template": {"big": "z".repeat(60_000)}}}, "target": {"template": {"K": "{{ big }}{{ big }}{{ big }}{{ big }}{{ big }}"}}}),
+            ),
+            none.clone(),
+            NotMirrored("Synced", "RenderError"),
+        ),
+        // -- A stage fails, the mirror goes on.
+        (
+            "w-lambda-foreign".into(),
+            spec(
+                "w-lambda-foreign",
+                json!({"rotation": {"lambdaArn": FOREIGN_LAMBDA, "schedule": "rate(7 days)"}}),
+            ),
+            none.clone(),
+            Mirrored("RotationConfigured", "LambdaNotAllowed"),
+        ),
+        (
+            "w-rotate-now-no-rotation".into(),
+            spec("w-rotate-now-no-rotation", json!({})),
+            json!({"rotor.dev/rotate-now": "now"}),
+            Mirrored("RotationConfigured", "RotateNowWithoutRotation"),
+        ),
+        (
+            "w-rotate-now-long".into(),
+            spec("w-rotate-now-long", rotation.clone()),
+            json!({"rotor.dev/rotate-now": "t".repeat(300)}),
+            Mirrored("RotationConfigured", "InvalidRotateNowToken"),
+        ),
+        // -- Someone else's things.
+        (
+            "c-owned-by-another".into(),
+            spec("c-owned-by-another", json!({})),
+            none.clone(),
+            Refused("SecretReady", "OwnedByAnother"),
+        ),
+        (
+            "c-untagged-no-adopt".into(),
+            spec("c-untagged-no-adopt", json!({})),
+            none.clone(),
+            Refused("SecretReady", "AdoptionRequired"),
+        ),
+        (
+            "c-adopt-not-allowed".into(),
+            spec("c-adopt-not-allowed", json!({"secretsManager": {"adopt": true}})),
+            none.clone(),
+            Refused("SecretReady", "AdoptionNotAllowed"),
+        ),
+        (
+            "c-secret-conflict".into(),
+            spec("c-secret-conflict", json!({})),
+            none.clone(),
+            NotMirrored("Synced", "SecretConflict"),
+        ),
+    ];
+    assert!(rows.len() >= 40, "{} rows", rows.len());
+
+    for (name, spec, annotations, expect) in &rows {
+        match expect {
+            Schema(field) => expect_schema_rejection(&env, name, spec, field).await,
+            _ => apply_with(&env, name, spec, annotations).await,
+        }
+    }
+    for (name, _, _, expect) in &rows {
+        let (type_, reason) = match expect {
+            Schema(_) => continue,
+            Refused(t, r) | NotMirrored(t, r) | Mirrored(t, r) => (*t, *r),
+        };
+        let rs = env.wait_condition(name, type_, "False", reason).await;
+        let ready = condition(&rs, "Ready").unwrap();
+        assert_eq!(ready.status, "False", "{name}: Ready says something is wrong");
+        let secret = env.secret_data(name).await;
+        match expect {
+            Refused(..) => {
+                let pre_existing = name.starts_with("c-");
+                assert_eq!(
+                    aws_secret_exists(&env, name).await,
+                    pre_existing,
+                    "{name}: nothing created in AWS"
+                );
+                assert!(secret.is_none(), "{name}: no Secret");
+            }
+            NotMirrored(..) => {
+                assert!(aws_secret_exists(&env, name).await, "{name}: created in AWS");
+                if name != "c-secret-conflict" {
+                    assert!(secret.is_none(), "{name}: no Secret");
+                }
+            }
+            Mirrored(..) => {
+                let rs = env.wait_condition(name, "Synced", "True", "Synced").await;
+                assert!(rs.status.unwrap().synced_version_id.is_some(), "{name}");
+                let data = env.secret_data(name).await.expect("mirrored anyway");
+                assert_eq!(data.get("password").map(String::as_str), Some(PASSWORD), "{name}");
+            }
+            Schema(_) => unreachable!(),
+        }
+    }
+
+    // Nothing of anyone else's changed.
+    assert_eq!(aws_value(&env, "c-owned-by-another").await, "victim-value-Vv1");
+    assert_eq!(aws_value(&env, "c-untagged-no-adopt").await, "untagged-value-Uu2");
+    let conflict = env.secret_data("c-secret-conflict").await.unwrap();
+    assert_eq!(
+        conflict,
+        [("app".to_owned(), "theirs".to_owned())].into(),
+        "their Secret untouched"
+    );
+    assert!(
+        keys_owned_by(&env.owner("r-alias-aws")).await.is_empty(),
+        "no key for a refused object"
+    );
+    let victim = env
+        .sm
+        .describe_secret()
+        .secret_id(env.aws_name("c-owned-by-another"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        victim
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("rotor.dev/owner") && t.value() == Some(foreign_owner.as_str())),
+        "the victim keeps its owner"
+    );
+
+    // A failing stage never freezes the mirror: break three working objects
+    // in three ways, rotate their AWS secrets, and the Secrets follow.
+    let freeze = ["f-schedule", "f-tag", "f-rotate-now"];
+    for name in freeze {
+        apply_ready(&env, name, spec(name, rotation.clone())).await;
+    }
+    merge_spec(
+        &env,
+        "f-schedule",
+        json!({"rotation": {"schedule": "rate(2 hours)"}}),
+    )
+    .await;
+    proxy.fault_spec(json!({"operation": "TagResource", "count": -1, "kind": "error",
+                            "code": "ValidationException", "status": 400}));
+    merge_spec(
+        &env,
+        "f-tag",
+        json!({"secretsManager": {"tags": {"team": "refused-by-aws"}}}),
+    )
+    .await;
+    merge_spec(&env, "f-rotate-now", json!({"rotation": null})).await;
+    annotate(&env, "f-rotate-now", "rotor.dev/rotate-now", "please").await;
+    env.wait_condition("f-schedule", "Ready", "False", "InvalidSpec")
+        .await;
+    env.wait_rs("f-tag", "SecretReady=False", |rs| {
+        condition(rs, "SecretReady").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    env.wait_condition(
+        "f-rotate-now",
+        "RotationConfigured",
+        "False",
+        "RotateNowWithoutRotation",
+    )
+    .await;
+    for name in freeze {
+        let value = format!("{{\"username\": \"u\", \"password\": \"{PASSWORD}-{name}\"}}");
+        let version = env.rotate(name, &value).await;
+        let rs = env
+            .wait_rs(name, "the Secret follows the rotation", |rs| {
+                rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(version.as_str())
+            })
+            .await;
+        assert_eq!(condition(&rs, "Synced").unwrap().status, "True", "{name}");
+        assert_eq!(
+            condition(&rs, "Ready").unwrap().status,
+            "False",
+            "{name}: still says what is wrong"
+        );
+        let data = env.secret_data(name).await.unwrap();
+        assert_eq!(data["password"], format!("{PASSWORD}-{name}"), "{name}");
+    }
+    proxy.clear_faults();
+
+    // rotate-now cannot be looped: a second token within the spacing waits.
+    let spaced = apply_ready(&env, "spacing", spec("spacing", rotation.clone())).await;
+    let arn = spaced.status.unwrap().arn.unwrap();
+    annotate(&env, "spacing", "rotor.dev/rotate-now", "a").await;
+    env.wait_rs("spacing", "token a handled", |rs| {
+        rs.status.as_ref().and_then(|s| s.rotate_now_token.as_deref()) == Some("a")
+    })
+    .await;
+    annotate(&env, "spacing", "rotor.dev/rotate-now", "b").await;
+    env.wait_condition("spacing", "RotationConfigured", "False", "RotateNowTooSoon")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rotations(&arn), 1, "one rotation, not two");
+
+    // rotor is still running and still following the canary.
+    let version = env.rotate("canary", "canary-2").await;
+    env.wait_rs("canary", "canary follows", |rs| {
+        rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(version.as_str())
+    })
+    .await;
+    assert_eq!(env.secret_data("canary").await.unwrap()["value"], "canary-2");
+    let rotor = env.rotor.as_mut().unwrap();
+    assert!(rotor.is_running(), "rotor is still running");
+    let metrics = rotor.metrics().await;
+    assert!(
+        metrics.contains("rotor_reconcile_panics_total 0"),
+        "no panics:\n{metrics}"
+    );
+    for value in [PASSWORD, &PIN.to_string()] {
+        assert!(!metrics.contains(value), "{value} in metrics");
+    }
+    env.assert_no_leak(&[
+        PASSWORD,
+        &PIN.to_string(),
+        "victim-value-Vv1",
+        "untagged-value-Uu2",
+    ])
+    .await;
+}
