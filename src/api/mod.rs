@@ -283,6 +283,13 @@ pub struct TargetSpec {
     /// (a plain string is `value`). Default: one data key per top-level key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub template: BTreeMap<String, String>,
+
+    /// Let a new AWSCURRENT that lacks data keys the Secret holds (a JSON
+    /// object turned plain string, a key dropped) replace it. Default false:
+    /// rotor keeps the last good Secret and reports `KeysRemoved`, instead of
+    /// silently dropping keys and restarting every consumer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_key_removal: bool,
 }
 
 impl Default for TargetSpec {
@@ -293,6 +300,7 @@ impl Default for TargetSpec {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             template: BTreeMap::new(),
+            allow_key_removal: false,
         }
     }
 }

@@ -672,6 +672,12 @@ async fn report_panic(rs: &RotatedSecret, ctx: &Context) {
 /// Transient errors back off exponentially per object, with jitter so many
 /// objects failing together (an AWS outage) do not retry in lockstep.
 fn error_policy(rs: Arc<RotatedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+    if !err.is_transient() {
+        // Waiting for the user (a bad spec, ownership): retrying sooner
+        // cannot help, and the refresh interval keeps the mirror following.
+        warn!(error = %err, category = err.category(), "reconcile needs attention");
+        return Action::requeue(ctx.refresh_interval(&rs));
+    }
     let attempts = {
         let mut failures = ctx
             .failures
@@ -693,9 +699,9 @@ fn backoff(attempts: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-/// Converges one object and records the outcome in its status. Failures that
-/// need the user (bad spec, ownership) requeue at the refresh interval;
-/// transient ones are returned so that `error_policy` backs off.
+/// Converges one object and records the outcome in its status. Failures are
+/// returned: `error_policy` backs off transient ones and requeues those that
+/// need the user (bad spec, ownership) at the refresh interval.
 async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     // The cache can lag behind rotor's own last status write (a reconcile
     // queued right behind another): start from what was last written.
@@ -752,12 +758,10 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
                 err.to_string(),
             )
             .await;
-            if err.is_transient() {
-                Err(err)
-            } else {
-                warn!(error = %err, category = err.category(), "reconcile needs attention");
-                Ok(Action::requeue(ctx.refresh_interval(rs)))
-            }
+            // Returned either way, so metrics count every failure with its
+            // category (alerts need the ones waiting for a person);
+            // `error_policy` decides when to look again.
+            Err(err)
         }
     }
 }

@@ -64,7 +64,20 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Writte
     let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
     let value = ctx.aws.current_value(&rc, &desc.arn).await?;
     let data = render_bounded(&rs.spec.target, &value).await?;
-    let written = previous.next(&value.version_id, &generation, Timestamp::now());
+    let dropped = previous.dropped_keys(&generation, &data);
+    if !dropped.is_empty() && !rs.spec.target.allow_key_removal {
+        let mut keys = dropped.join(", ");
+        conditions::truncate(&mut keys, 200);
+        return Err(Error::Refused {
+            reason: "KeysRemoved",
+            message: format!(
+                "AWS version {} lacks data keys the Secret holds ({keys}); rotor keeps the last good Secret. Fix \
+                 the AWS secret's value, or set spec.target.allowKeyRemoval: true to accept the new shape",
+                value.version_id
+            ),
+        });
+    }
+    let written = previous.next(&value.version_id, &generation, Timestamp::now(), &data);
     mirror::apply(&api, rs, &written, &data).await?;
     ctx.metrics.secret_written();
     if previous.version.as_deref() != Some(value.version_id.as_str())

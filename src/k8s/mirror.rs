@@ -25,6 +25,9 @@ pub const GENERATION_ANNOTATION: &str = "rotor.dev/generation";
 pub const INITIAL_VERSION_ANNOTATION: &str = "rotor.dev/initial-version-id";
 /// When the Secret got its current version (RFC 3339, full precision).
 pub const WRITTEN_AT_ANNOTATION: &str = "rotor.dev/version-written-at";
+/// The data keys rotor last wrote (comma-separated), so a version that
+/// drops some is noticed without reading the Secret's data back.
+pub const KEYS_ANNOTATION: &str = "rotor.dev/data-keys";
 
 /// Data key that holds a secret that is not a JSON object.
 pub const PLAIN_VALUE_KEY: &str = "value";
@@ -112,6 +115,7 @@ pub struct Written {
     pub generation: Option<String>,
     pub initial_version: Option<String>,
     pub at: Option<Timestamp>,
+    pub keys: Option<Vec<String>>,
 }
 
 impl Written {
@@ -124,18 +128,39 @@ impl Written {
             // Secrets written before rotor recorded this started with the version they hold.
             initial_version: get(INITIAL_VERSION_ANNOTATION).or_else(|| get(VERSION_ID_ANNOTATION)),
             at: a.get(WRITTEN_AT_ANNOTATION).and_then(|t| t.parse().ok()),
+            keys: a.get(KEYS_ANNOTATION).map(|k| {
+                k.split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
         }
     }
 
     /// The record after writing `version` from `generation` at `now`.
-    pub fn next(&self, version: &str, generation: &str, now: Timestamp) -> Self {
+    pub fn next(&self, version: &str, generation: &str, now: Timestamp, data: &SecretData) -> Self {
         let same = self.version.as_deref() == Some(version);
         Self {
             version: Some(version.to_owned()),
             generation: Some(generation.to_owned()),
             initial_version: self.initial_version.clone().or_else(|| Some(version.to_owned())),
             at: if same { self.at.or(Some(now)) } else { Some(now) },
+            keys: Some(data.expose().keys().cloned().collect()),
         }
+    }
+
+    /// Keys the Secret holds that `data` would drop, when the spec did not
+    /// change (`generation`): a change in the AWS value's shape, not the user's.
+    pub fn dropped_keys(&self, generation: &str, data: &SecretData) -> Vec<String> {
+        if self.generation.as_deref() != Some(generation) {
+            return Vec::new();
+        }
+        self.keys
+            .iter()
+            .flatten()
+            .filter(|k| !data.expose().contains_key(*k))
+            .cloned()
+            .collect()
     }
 }
 
@@ -156,6 +181,7 @@ pub async fn apply(
         (GENERATION_ANNOTATION, written.generation.clone()),
         (INITIAL_VERSION_ANNOTATION, written.initial_version.clone()),
         (WRITTEN_AT_ANNOTATION, written.at.map(|t| t.to_string())),
+        (KEYS_ANNOTATION, written.keys.as_ref().map(|k| k.join(","))),
     ];
     for (k, v) in fields {
         if let Some(v) = v {
@@ -283,15 +309,35 @@ mod tests {
     fn history_keeps_initial_version_and_write_time() {
         let t1: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t2: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
-        let first = Written::default().next("v1", "1", t1);
+        let data = render(&target(&[]), &value(r#"{"a":"1"}"#)).unwrap();
+        let first = Written::default().next("v1", "1", t1, &data);
         assert_eq!(first.initial_version.as_deref(), Some("v1"));
         assert_eq!(first.at, Some(t1));
-        let rerender = first.next("v1", "2", t2);
+        let rerender = first.next("v1", "2", t2, &data);
         assert_eq!(rerender.at, Some(t1), "same version: same write time");
-        let rotated = rerender.next("v2", "2", t2);
+        let rotated = rerender.next("v2", "2", t2, &data);
         assert_eq!(rotated.initial_version.as_deref(), Some("v1"));
         assert_eq!(rotated.version.as_deref(), Some("v2"));
         assert_eq!(rotated.at, Some(t2));
+        assert_eq!(rotated.keys, Some(vec!["a".to_owned()]));
+    }
+
+    #[test]
+    fn dropped_keys_are_noticed_only_when_the_spec_did_not_change() {
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let both = render(&target(&[]), &value(r#"{"user":"u","password":"p"}"#)).unwrap();
+        let plain = render(&target(&[]), &value("just-a-string")).unwrap();
+        let written = Written::default().next("v1", "3", t, &both);
+        assert_eq!(written.dropped_keys("3", &plain), ["password", "user"]);
+        assert_eq!(written.dropped_keys("3", &both), Vec::<String>::new());
+        assert!(
+            written.dropped_keys("4", &plain).is_empty(),
+            "a spec change may reshape"
+        );
+        assert!(
+            Written::default().dropped_keys("3", &plain).is_empty(),
+            "nothing known yet"
+        );
     }
 
     #[test]

@@ -748,7 +748,7 @@ async fn hostile_and_mistaken_objects_are_contained() {
     )
     .await;
     for name in freeze {
-        let value = format!("{{\"username\": \"u\", \"password\": \"{PASSWORD}-{name}\"}}");
+        let value = format!("{{\"username\": \"u\", \"password\": \"{PASSWORD}-{name}\", \"pin\": {PIN}}}");
         let version = env.rotate(name, &value).await;
         let rs = env
             .wait_rs(name, "the Secret follows the rotation", |rs| {
@@ -779,6 +779,28 @@ async fn hostile_and_mistaken_objects_are_contained() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rotations(&arn), 1, "one rotation, not two");
+
+    // A value whose shape changes (JSON object to plain string) does not
+    // silently drop the Secret's keys: the last good Secret stays until the
+    // spec accepts the new shape.
+    apply_ready(&env, "k-shape", spec("k-shape", json!({}))).await;
+    let reshaped = env.rotate("k-shape", "now-a-plain-string").await;
+    let rs = env
+        .wait_condition("k-shape", "Synced", "False", "KeysRemoved")
+        .await;
+    assert!(condition(&rs, "Synced").unwrap().message.contains("password"));
+    assert_eq!(
+        env.secret_data("k-shape").await.unwrap()["password"],
+        PASSWORD,
+        "the last good Secret stays"
+    );
+    merge_spec(&env, "k-shape", json!({"target": {"allowKeyRemoval": true}})).await;
+    env.wait_rs("k-shape", "the new shape accepted", |rs| {
+        rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(reshaped.as_str())
+    })
+    .await;
+    let data = env.secret_data("k-shape").await.unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["value"]);
 
     // rotor is still running and still following the canary.
     let version = env.rotate("canary", "canary-2").await;
