@@ -18,7 +18,8 @@ Control API (never forwarded), all JSON:
     GET    /_proxy/calls            {"Operation": count} of calls that reached
                                     the proxy, faulted or not
     GET    /_proxy/calls?forwarded=1  the same, of calls forwarded upstream
-           (add by=service for per-service counts, by=qualified for
+           (add by=service for per-service counts, by=region for
+           "region/Operation" keys (SigV4 signing region), by=qualified for
            "service.Operation" keys)
     POST   /_proxy/reset            clears counts and faults
     POST   /_proxy/fault            adds a fault rule, e.g.
@@ -28,7 +29,8 @@ Control API (never forwarded), all JSON:
     DELETE /_proxy/fault            clears faults
 
 A rule applies to the next `count` calls of `operation` ("*" = any; count -1
-= until cleared; optional "service" narrows it). When several rules match, the
+= until cleared; optional "service" and "region" (the SigV4 signing region)
+narrow it). When several rules match, the
 oldest applies. Kinds:
 
     error     answer an AWS error (default 500 InternalFailure), not forwarded
@@ -95,18 +97,20 @@ class State:
             self.forwarded = {}
             self.faults = []
 
-    def count(self, table, service, operation):
+    def count(self, table, service, operation, region=None):
         with self.lock:
-            key = (service, operation)
+            key = (service, operation, region)
             table[key] = table.get(key, 0) + 1
 
     def snapshot(self, forwarded, by):
         with self.lock:
             table = dict(self.forwarded if forwarded else self.calls)
         out = {}
-        for (service, operation), n in table.items():
+        for (service, operation, region), n in table.items():
             if by == "service":
                 key = service
+            elif by == "region":
+                key = f"{region}/{operation}"
             elif by == "qualified":
                 key = f"{service}.{operation}"
             else:
@@ -122,13 +126,15 @@ class State:
         with self.lock:
             self.faults = []
 
-    def take_fault(self, service, operation):
+    def take_fault(self, service, operation, region=None):
         """The oldest matching rule, with one use consumed; or None."""
         with self.lock:
             for rule in self.faults:
                 if rule["operation"] not in ("*", operation):
                     continue
                 if rule.get("service") not in (None, service):
+                    continue
+                if rule.get("region") not in (None, region):
                     continue
                 if rule["count"] > 0:
                     rule["count"] -= 1
@@ -158,6 +164,8 @@ def parse_fault(spec):
     rule = {"operation": operation, "kind": kind, "count": count}
     if spec.get("service") is not None:
         rule["service"] = str(spec["service"])
+    if spec.get("region") is not None:
+        rule["region"] = str(spec["region"])
     if kind in ("delay", "late"):
         seconds = spec.get("seconds")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
@@ -174,6 +182,15 @@ def parse_fault(spec):
         rule["code"] = str(code)
         rule["status"] = status
     return rule
+
+
+def signing_region(headers):
+    """The region of the SigV4 credential scope, or None."""
+    auth = headers.get("Authorization", "")
+    if "Credential=" not in auth:
+        return None
+    scope = auth.split("Credential=", 1)[1].split(",", 1)[0].strip().split("/")
+    return scope[2] if len(scope) >= 5 else None
 
 
 def identify(headers, path, body):
@@ -264,8 +281,9 @@ class Handler(BaseHTTPRequestHandler):
             self.control(body)
             return
         service, operation, protocol = identify(self.headers, self.path, body)
-        self.state.count(self.state.calls, service, operation)
-        rule = self.state.take_fault(service, operation)
+        region = signing_region(self.headers)
+        self.state.count(self.state.calls, service, operation, region)
+        rule = self.state.take_fault(service, operation, region)
         kind = rule["kind"] if rule else None
         if kind:
             self.note(f"{service}.{operation}: injecting {kind}")
@@ -308,7 +326,7 @@ class Handler(BaseHTTPRequestHandler):
                 conn.putheader("Content-Length", str(len(body)))
             conn.putheader("Connection", "close")
             conn.endheaders(body or None)
-            self.state.count(self.state.forwarded, service, operation)
+            self.state.count(self.state.forwarded, service, operation, signing_region(self.headers))
             resp = conn.getresponse()
             resp_body = resp.read()
             return resp.status, resp.reason, resp.getheaders(), resp_body

@@ -106,11 +106,11 @@ def tearDownModule():
         proxy.stdout.close()
 
 
-def client(service, endpoint):
+def client(service, endpoint, region=None):
     return boto3.client(
         service,
         endpoint_url=endpoint,
-        region_name=REGION,
+        region_name=region or REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         config=NO_RETRIES,
@@ -260,6 +260,17 @@ class ProxyTest(unittest.TestCase):
         t.join()
         self.assertEqual(listed["SecretList"], [], "the late answer predates the write")
         self.assertEqual(len(self.sm.list_secrets(Filters=[{"Key": "name", "Values": [name]}])["SecretList"]), 1)
+
+    def test_faults_and_counts_by_region(self):
+        self.fault(operation="ListSecrets", count=-1, kind="error", region="eu-west-3")
+        far = client("secretsmanager", PROXY_URL, region="eu-west-3")
+        with self.assertRaises(ClientError):
+            far.list_secrets()
+        self.sm.list_secrets()  # another region: not faulted
+        self.assertEqual(
+            self.calls(by="region"),
+            {"eu-west-3/ListSecrets": 1, f"{self.sm.meta.region_name}/ListSecrets": 1},
+        )
 
     def test_kms_and_sqs_targets(self):
         kms = client("kms", PROXY_URL)

@@ -98,9 +98,12 @@ pub struct Context {
 pub struct Seen {
     pub version: Option<String>,
     pub owner: Option<String>,
-    /// When the call that saw this was sent: AWS's answer describes the
-    /// secret as it was at some point after this instant.
+    /// When the answer arrived (how fresh the view is).
     pub at: Instant,
+    /// When the call that saw this was sent: AWS's answer describes the
+    /// secret as it was at some point after this instant, so observations
+    /// are ordered by it.
+    pub sent: Instant,
     pub wall: Timestamp,
     /// Rotation state as last seen, so status follows rotations without a
     /// describe. Always taken together: mixing an enabled flag and dates from
@@ -250,7 +253,7 @@ impl Context {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all.get(arn).is_some_and(|known| known.at > seen.at) {
+        if all.get(arn).is_some_and(|known| known.sent > seen.sent) {
             return false;
         }
         all.insert(arn.to_owned(), seen);
@@ -259,14 +262,15 @@ impl Context {
 
     /// Records what a DescribeSecret just showed.
     pub fn record_seen(&self, desc: &Description) {
-        // Stamped on arrival, a little later than sent: it still outranks any
-        // listing sent before it, which is what matters.
+        // Sent a little before now: it still outranks any listing sent
+        // before the describe, which is what matters.
         self.record_seen_as(
             &desc.arn,
             Seen {
                 version: desc.current_version.clone(),
                 owner: desc.owner().map(str::to_owned),
                 at: Instant::now(),
+                sent: Instant::now(),
                 wall: Timestamp::now(),
                 rotation_enabled: desc.rotation_enabled,
                 last_rotated: desc.last_rotated.clone(),

@@ -144,7 +144,8 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 Seen {
                     version: entry.current_version.clone(),
                     owner: entry.owner.clone(),
-                    at: sent,
+                    at: Instant::now(),
+                    sent,
                     wall: Timestamp::now(),
                     rotation_enabled: entry.rotation_enabled,
                     last_rotated: entry.last_rotated.clone(),

@@ -390,14 +390,15 @@ impl Rotor {
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_rotor"))
             .arg("run")
-            .args([
-                "--namespace",
-                ns,
-                "--cluster-name",
-                CLUSTER,
-                "--min-refresh-interval",
-                "1s",
-            ])
+            .args(["--namespace", ns, "--min-refresh-interval", "1s"])
+            // A test may run rotor as a cluster of its own, so that the
+            // version sweep lists only that test's secrets.
+            .args(
+                (!extra.contains(&"--cluster-name"))
+                    .then_some(["--cluster-name", CLUSTER])
+                    .into_iter()
+                    .flatten(),
+            )
             // Tests send rotate-now tokens back to back; the spacing has its
             // own test, which passes the default.
             .args(

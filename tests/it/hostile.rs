@@ -827,3 +827,66 @@ async fn hostile_and_mistaken_objects_are_contained() {
     ])
     .await;
 }
+
+/// One object naming a region that fails (a typo, a disabled opt-in region)
+/// must not move every other object off the cheap sweep onto per-object
+/// DescribeSecret polling: sweep health is kept per region.
+#[tokio::test]
+async fn a_failing_region_does_not_slow_the_others() {
+    let mut env = Env::new().await;
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    env.start_rotor_with_endpoint(&[], &proxy.url);
+    let home = apply_ready(
+        &env,
+        "home",
+        json!({"secretsManager": {"name": env.aws_name("home"), "initialValue": {"string": "home-1"}},
+               "refreshInterval": "1s"}),
+    )
+    .await;
+    assert!(home.status.unwrap().arn.is_some());
+    proxy.fault_spec(
+        json!({"operation": "*", "region": "ap-southeast-4", "count": -1, "kind": "error",
+                            "code": "InternalFailure", "status": 500}),
+    );
+    env.apply_rs(
+        "far",
+        json!({"secretsManager": {"name": env.aws_name("far"), "region": "ap-southeast-4",
+                                  "initialValue": {"string": "far-1"}},
+               "refreshInterval": "1s"}),
+    )
+    .await;
+    env.wait_rs("far", "far fails", |rs| {
+        condition(rs, "Ready").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    // Let the failing region's sweeps accumulate, then count one window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Touch home every second: each reconcile must take the sweep's view,
+    // not ask AWS.
+    let before = proxy.calls_by_region();
+    for touch in 0..8 {
+        annotate(&env, "home", "test/touch", &touch.to_string()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = proxy.calls_by_region();
+    let delta = |key: &str| after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0);
+    assert!(
+        delta("ap-southeast-4/ListSecrets") >= 2,
+        "the far region is swept (and fails): {after:?}"
+    );
+    assert!(
+        delta("us-east-1/ListSecrets") >= 4,
+        "the home region is swept: {after:?}"
+    );
+    assert_eq!(
+        delta("us-east-1/DescribeSecret"),
+        0,
+        "home stays on the sweep, no per-object polling: {before:?} -> {after:?}"
+    );
+    // And home still follows its rotations.
+    let version = env.rotate("home", "home-2").await;
+    env.wait_rs("home", "home follows", |rs| {
+        rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(version.as_str())
+    })
+    .await;
+}

@@ -1073,14 +1073,18 @@ async fn rotation_is_configured_without_rotating() {
 
 /// Issue A's cause: a ListSecrets page sent before CancelRotateSecret and
 /// answered after it must not bring the old nextRotationDate back into
-/// status. Every listing is held back 3 s by the proxy (answered by moto at
+/// status. Every listing is held back 2 s by the proxy (answered by moto at
 /// once, relayed late), so the sweep always lands after rotor's own describe;
-/// annotating the object then makes it reconcile from the sweep's view.
+/// annotating the object then makes it reconcile from the sweep's view. rotor
+/// runs as a cluster of its own, so its sweep is one page whatever else moto
+/// holds (several late pages would make the sweep too slow to be trusted, and
+/// hide the race).
 #[tokio::test]
 async fn a_late_listing_never_brings_back_a_cancelled_rotation() {
     let mut env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
-    env.start_rotor_with_endpoint(&[], &proxy.url);
+    let cluster = format!("late-{}", &crate::common::uuid_like()[..8]);
+    env.start_rotor_with_endpoint(&["--cluster-name", &cluster], &proxy.url);
     let spec = |rotation: Value| {
         json!({
             "secretsManager": {"name": env.aws_name("late"), "initialValue": {"string": "late-Pw-4q"}},
@@ -1094,7 +1098,16 @@ async fn a_late_listing_never_brings_back_a_cancelled_rotation() {
         spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(7 days)"})),
     )
     .await;
-    proxy.fault_spec(json!({"operation": "ListSecrets", "count": -1, "kind": "late", "seconds": 3}));
+    proxy.fault_spec(json!({"operation": "ListSecrets", "count": -1, "kind": "late", "seconds": 2}));
+    // Cancel right after a listing went out: moto has answered it with the
+    // rotation still enabled, and the proxy holds that answer back.
+    let listings = || proxy.calls().get("ListSecrets").copied().unwrap_or(0);
+    let sent = listings();
+    eventually("a listing on its way", Duration::from_secs(10), || async {
+        (listings() > sent).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     merge_spec(&env, "late", json!({"rotation": null})).await;
     env.wait_condition("late", "RotationConfigured", "True", "NotConfigured")
         .await;

@@ -69,6 +69,11 @@ impl AwsProxy {
         self.counts("calls")
     }
 
+    /// Calls per `region/Operation` (the SigV4 signing region) that reached the proxy.
+    pub fn calls_by_region(&self) -> BTreeMap<String, u64> {
+        self.counts("calls?by=region")
+    }
+
     /// Calls per AWS operation the proxy forwarded to moto.
     pub fn forwarded(&self) -> BTreeMap<String, u64> {
         self.counts("calls?forwarded=1")
