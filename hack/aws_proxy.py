@@ -30,7 +30,9 @@ Control API (never forwarded), all JSON:
 
 A rule applies to the next `count` calls of `operation` ("*" = any; count -1
 = until cleared; optional "service" and "region" (the SigV4 signing region)
-narrow it). When several rules match, the
+narrow it; optional "probability" (0 to 1) makes it apply to that share of
+the matching calls at random, a use counted only when it applies; a call it
+passes over may still match a later rule). When several rules match, the
 oldest applies. Kinds:
 
     error     answer an AWS error (default 500 InternalFailure), not forwarded
@@ -51,6 +53,7 @@ logging only with --verbose.
 import argparse
 import http.client
 import json
+import random
 import sys
 import threading
 import time
@@ -136,6 +139,8 @@ class State:
                     continue
                 if rule.get("region") not in (None, region):
                     continue
+                if "probability" in rule and random.random() >= rule["probability"]:
+                    continue
                 if rule["count"] > 0:
                     rule["count"] -= 1
                     if rule["count"] == 0:
@@ -166,6 +171,11 @@ def parse_fault(spec):
         rule["service"] = str(spec["service"])
     if spec.get("region") is not None:
         rule["region"] = str(spec["region"])
+    if spec.get("probability") is not None:
+        p = spec["probability"]
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+            raise ValueError('"probability" must be a number from 0 to 1')
+        rule["probability"] = float(p)
     if kind in ("delay", "late"):
         seconds = spec.get("seconds")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:

@@ -261,6 +261,18 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(listed["SecretList"], [], "the late answer predates the write")
         self.assertEqual(len(self.sm.list_secrets(Filters=[{"Key": "name", "Values": [name]}])["SecretList"]), 1)
 
+    def test_probability_faults_a_share_of_calls(self):
+        self.fault(operation="ListSecrets", count=-1, kind="throttle", probability=0.5)
+        failed = 0
+        for _ in range(100):
+            try:
+                self.sm.list_secrets(MaxResults=1)
+            except ClientError:
+                failed += 1
+        self.assertTrue(25 <= failed <= 75, failed)
+        self.assertEqual(self.calls(), {"ListSecrets": 100})
+        self.assertEqual(self.calls(forwarded=True), {"ListSecrets": 100 - failed})
+
     def test_faults_and_counts_by_region(self):
         self.fault(operation="ListSecrets", count=-1, kind="error", region="eu-west-3")
         far = client("secretsmanager", PROXY_URL, region="eu-west-3")
@@ -343,6 +355,7 @@ class ProxyTest(unittest.TestCase):
             {"operation": "X", "kind": "explode"},
             {"operation": "X", "count": 0},
             {"operation": "X", "kind": "delay"},
+            {"operation": "X", "probability": 1.5},
         ):
             status, body = http_json("POST", f"{PROXY_URL}/_proxy/fault", bad, ok=False)
             self.assertEqual(status, 400, bad)

@@ -18,6 +18,9 @@ use crate::aws::secrets::{Description, NewSecret, RotationRequest};
 use crate::aws::{RegionClients, initial};
 use crate::{Error, Result};
 
+/// KmsKeyReady's reason while a CreateKey is under way: set (and saved)
+/// before the call, so the next attempt knows it may have left a key behind.
+const CREATING_KEY: &str = "CreatingKey";
 /// Longest `rotor.dev/rotate-now` token: it is kept in status and quoted in Events.
 const MAX_ROTATE_NOW_TOKEN: usize = 253;
 /// The AWS-managed key, for switching back when `kmsKey` is removed.
@@ -62,7 +65,12 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
     };
 
     let key = match aws.describe_key(&rc, lookup).await? {
-        Some(key) => key,
+        Some(key) => {
+            if let Some(alias) = alias {
+                release_lost_race_key(run, &rc, alias, &key).await?;
+            }
+            key
+        }
         None if !spec.create || alias.is_none() => {
             return Err(refused(
                 "KmsKeyNotFound",
@@ -99,7 +107,7 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
 async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Result<KeyInfo> {
     let (rs, ctx) = (run.rs, run.ctx);
     let me = ctx.owner_tag_value(rs);
-    let description = format!("rotor: {alias} (created for {me})");
+    let description = created_key_description(alias, &me);
     let mut reusable = None;
     if let Some(arn) = run.status.kms_key_arn.clone()
         && let Some(key) = ctx.aws.describe_key(rc, &arn).await?
@@ -135,7 +143,7 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
             run.set(
                 conditions::KMS_KEY_READY,
                 false,
-                "CreatingKey",
+                CREATING_KEY,
                 format!("creating a KMS key for {alias}"),
             );
             run.save().await?;
@@ -170,6 +178,70 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
         ctx.aws.schedule_key_deletion(rc, &key.key_id, 7).await?;
     }
     Ok(winner)
+}
+
+/// An earlier attempt of this object created a key and then failed before
+/// its alias was made (a fault, a crash); meanwhile another object made the
+/// alias for its own key. Our key was never used by any secret (KmsKeyReady
+/// is still `CreatingKey`, so it was never handed out) and would stay,
+/// billed, forever: schedule it for deletion. Also covers a CreateKey whose
+/// answer was lost, found by its tags. Found by the fault run: with a fifth
+/// of AWS calls failing, 20 objects sharing 4 aliases left 7 live keys.
+async fn release_lost_race_key(
+    run: &mut Run<'_>,
+    rc: &RegionClients,
+    alias: &str,
+    winner: &KeyInfo,
+) -> Result<()> {
+    // Never handed out: the key was being created (a failure after the
+    // CreateKey replaced that reason with its own), or no secret exists yet
+    // that could use it.
+    let no_secret = run.status.arn.is_none();
+    let kms_ready = run
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::KMS_KEY_READY);
+    let creating = kms_ready.is_some_and(|c| !c.is_true() && c.reason == CREATING_KEY);
+    let unfinished = creating || kms_ready.is_some_and(|c| !c.is_true()) && no_secret;
+    if !unfinished {
+        return Ok(());
+    }
+    let ctx = run.ctx;
+    let me = ctx.owner_tag_value(run.rs);
+    let ours = match run.status.kms_key_arn.clone() {
+        Some(arn) => ctx.aws.describe_key(rc, &arn).await?,
+        // Only a CreateKey under way may have left a key that status does
+        // not name; the scan by tags is not for objects that never made one.
+        None if creating => {
+            let description = created_key_description(alias, &me);
+            ctx.aws.find_created_key(rc, &me, &description).await?
+        }
+        None => return Ok(()),
+    };
+    if let Some(key) = ours
+        && key.key_id != winner.key_id
+        && key.state == "Enabled"
+        && ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() == Some(me.as_str())
+    {
+        info!(ours = %key.arn, winner = %winner.arn, "an earlier attempt lost the alias race; deleting its key");
+        ctx.aws.schedule_key_deletion(rc, &key.key_id, 7).await?;
+        run.event(
+            EventType::Normal,
+            "KmsKeyDeleted",
+            "ScheduleKeyDeletion",
+            format!(
+                "Scheduled unused KMS key {} for deletion: {alias} was created meanwhile for {}",
+                key.arn, winner.arn
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn created_key_description(alias: &str, me: &str) -> String {
+    format!("rotor: {alias} (created for {me})")
 }
 
 /// The secret name and region a pinned ARN refers to.
