@@ -1,4 +1,4 @@
-.PHONY: test demo bench lint crd build clean-testbed
+.PHONY: test demo bench lint crd build clean-testbed rotator-zip image
 
 # Installs what is missing, starts etcd, kube-apiserver and moto, runs every test.
 test:
@@ -15,7 +15,7 @@ bench:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 # Regenerates the checked-in CRD (a test fails when it drifts), and the chart's
 # copy that templates/crd.yaml renders (make chart-check fails when they differ).
@@ -34,3 +34,9 @@ build:
 
 clean-testbed:
 	hack/testbed.sh down
+
+# The rotation function's Lambda zip (provided.al2023, x86_64): docs/rotation-function.md.
+rotator-zip:
+	cargo build --release -p rotator --bin bootstrap
+	hack/check-glibc.sh target/release/bootstrap 2.34
+	python3 hack/lambda_zip.py target/release/bootstrap target/lambda/rotator.zip

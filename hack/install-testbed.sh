@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test bed needs, idempotently: etcd, kube-apiserver and
 # kube-controller-manager (built once from Debian's kubernetes source package
-# and cached), moto's server. Prints the asset folder on its last line.
+# and cached), moto's server, PostgreSQL 15 and MariaDB. Prints the asset folder on its last line.
 #
 # KUBEBUILDER_ASSETS, if set, names a folder that already holds etcd and
 # kube-apiserver (the envtest convention) and the Kubernetes build is skipped.
@@ -18,6 +18,13 @@ need_apt=()
 command -v jq >/dev/null || need_apt+=(jq)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+
+# Databases for the rotation function's tests (rotator/): PostgreSQL 15 (TLS,
+# SCRAM) and MariaDB, started directly by hack/testbed.sh, no service manager.
+# mariadb-server-core + mariadb-client-core are enough: the full mariadb-server
+# pulls galera and perl and its install script tries to start a service.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server-core mariadb-client-core)
 
 have_assets() {
   [ -x "$1/etcd" ] && [ -x "$1/kube-apiserver" ]

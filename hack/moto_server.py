@@ -16,22 +16,58 @@ Patched (moto 5.2.1), all in-process before the server starts:
   `RotationRules` and computes `NextRotationDate` for `rate()` schedules and
   AutomaticallyAfterDays (left out for `cron()` schedules).
 - `GET /rotor-test/rotations` (test only, not AWS) returns
-  `{secret ARN: simulated rotations}`; `POST /moto-api/reset` clears it too.
+  `{secret ARN: completed rotations}`; `POST /moto-api/reset` clears it too.
+- Rotation functions run for real when the ARN names a moto Lambda function
+  with a `provided*` runtime (created with lambda:CreateFunction and a zip
+  holding `bootstrap`): RotateSecret stages the token AWSPENDING (no value)
+  and returns at once, as AWS's does; a thread then invokes createSecret,
+  setSecret, testSecret and finishSecret, restarting from createSecret with
+  the same token when a step fails (ROTOR_MOTO_ROTATION_ATTEMPTS, default 3,
+  ROTOR_MOTO_ROTATION_RETRY_SECONDS apart, default 1). The function's
+  `bootstrap` runs as a local process against an emulated Lambda Runtime API
+  (invocation/next, /response, /error, /runtime/init/error, the
+  AWS_LAMBDA_* environment), kept warm between invocations, with
+  AWS_ENDPOINT_URL = this server and dummy credentials. lambda:Invoke of such
+  a function runs it too.
+- `GET /rotor-test/invocations[?step=..&token=..&outcome=..]` (test only)
+  lists every invocation: function, secret, token, step, attempt, outcome
+  (ok | error), error (errorType: errorMessage), cold, durationMs, at.
+- `POST /rotor-test/begin-rotation {"SecretId", "ClientRequestToken"}` (test
+  only) does what RotateSecret does before it invokes createSecret, so tests
+  can drive the steps themselves.
 
-Still not AWS: the Lambda ARN is not checked against moto's Lambda and no
-Lambda runs; the simulated rotation is synchronous (AWS's is asynchronous);
+Still not AWS: ARNs naming no moto function (or another runtime) get a
+simulated, synchronous rotation by a well-behaved function, in-process;
+with RotateImmediately=false no testSecret runs; AWS's retry schedule and
+the function's concurrency are not modelled (one environment per function);
 cron() schedules get no NextRotationDate; NextRotationDate is not aligned to
 the rotation window; PutSecretValue/UpdateSecret do not count as rotations.
 """
 
+import atexit
 import base64
+import io
 import json
+import os
+import queue
 import re
 import secrets
+import shutil
+import signal
+import stat
 import string
+import subprocess
+import tempfile
+import sys
+import threading
 import time
+import urllib.parse
+import uuid
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from moto.awslambda.models import LambdaFunction, lambda_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.secretsmanager.exceptions import (
     InvalidParameterException,
@@ -130,6 +166,281 @@ def _simulate_rotation(backend: SecretsManagerBackend, secret: FakeSecret, token
     secret.rotor_rotations = getattr(secret, "rotor_rotations", 0) + 1
 
 
+# --- Running provided.* functions: the Lambda Runtime API, emulated ---------
+#
+# AWS "Custom Lambda runtimes" / "Using the Lambda runtime API": the runtime
+# (here the function's own `bootstrap`) polls GET /2018-06-01/runtime/
+# invocation/next, which answers with the event and the headers
+# Lambda-Runtime-Aws-Request-Id and Lambda-Runtime-Deadline-Ms, and posts the
+# result to .../invocation/{id}/response or .../invocation/{id}/error;
+# start-up failures go to /runtime/init/error. The process is kept between
+# invocations (a warm environment) and restarted when it exits or times out.
+
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+# AWS retries a failed rotation; here: the whole sequence from createSecret
+# with the same token, this many times, this far apart.
+ROTATION_ATTEMPTS = int(os.environ.get("ROTOR_MOTO_ROTATION_ATTEMPTS", "3"))
+ROTATION_RETRY_SECONDS = float(os.environ.get("ROTOR_MOTO_ROTATION_RETRY_SECONDS", "1"))
+INIT_SECONDS = 10.0  # Lambda's init phase limit
+
+_WORKDIR = tempfile.mkdtemp(prefix="rotor-moto-lambda-")
+_MOTO_URL: dict[str, str] = {}
+_INVOCATIONS: list[dict[str, Any]] = []
+_RUNTIMES: dict[str, "_Runtime"] = {}
+_LOCK = threading.Lock()
+
+
+class _Invocation:
+    def __init__(self, payload: bytes, deadline_ms: int) -> None:
+        self.request_id = str(uuid.uuid4())
+        self.payload = payload
+        self.deadline_ms = deadline_ms
+        self.done = threading.Event()
+        self.outcome: tuple[str, bytes] = ("error", b"")
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        out = b""
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                handler.rfile.readline()
+                return out
+            out += handler.rfile.read(size)
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def _runtime_api(rt: "_Runtime") -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, code: int, body: bytes = b"{}", headers: tuple = ()) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path != "/2018-06-01/runtime/invocation/next":
+                return self._reply(404, b'{"errorType":"NotFound"}')
+            pending = rt.pending  # this process's queue
+            inv = pending.get()
+            rt.in_flight[inv.request_id] = inv
+            self._reply(
+                200,
+                inv.payload,
+                (
+                    ("Lambda-Runtime-Aws-Request-Id", inv.request_id),
+                    ("Lambda-Runtime-Deadline-Ms", str(inv.deadline_ms)),
+                    ("Lambda-Runtime-Invoked-Function-Arn", rt.arn),
+                    ("Lambda-Runtime-Trace-Id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"),
+                ),
+            )
+
+        def do_POST(self) -> None:
+            body = _read_body(self)
+            if self.path == "/2018-06-01/runtime/init/error":
+                rt.init_error = body
+                return self._reply(202, b'{"status":"OK"}')
+            m = re.match(r"^/2018-06-01/runtime/invocation/([^/]+)/(response|error)$", self.path)
+            inv = rt.in_flight.pop(m[1], None) if m else None
+            if inv is None:
+                return self._reply(400, b'{"errorType":"InvalidRequestID"}')
+            inv.outcome = ("ok" if m[2] == "response" else "error", body)  # type: ignore[index]
+            inv.done.set()
+            self._reply(202, b'{"status":"OK"}')
+
+    return Handler
+
+
+class _Runtime:
+    """One execution environment of a provided.* function: the bootstrap from
+    its zip, run as a local process, and the Runtime API it polls."""
+
+    def __init__(self, fn: LambdaFunction) -> None:
+        self.arn = fn.function_arn
+        self.dir = os.path.join(_WORKDIR, f"{fn.function_name}-{fn.code_sha_256[:16] or 'code'}".replace("/", "_"))
+        os.makedirs(self.dir, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as z:
+            z.extractall(self.dir)
+        boot = os.path.join(self.dir, "bootstrap")
+        if os.path.exists(boot):
+            os.chmod(boot, os.stat(boot).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        self.log_path = self.dir + ".log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pending: queue.Queue[_Invocation] = queue.Queue()
+        self.in_flight: dict[str, _Invocation] = {}
+        self.init_error: bytes | None = None
+        self.lock = threading.Lock()  # one invocation at a time per environment
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _runtime_api(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _start(self, fn: LambdaFunction) -> None:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TZ": ":UTC",
+            "AWS_REGION": fn.region,
+            "AWS_DEFAULT_REGION": fn.region,
+            # The test bed's convenience: the function's SDK reaches moto
+            # (a function's own AWS_ENDPOINT_URL, e.g. a fault proxy, wins).
+            "AWS_ENDPOINT_URL": _MOTO_URL.get("url", ""),
+        }
+        env.update(fn.environment_vars or {})
+        env.update(
+            {
+                "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.server.server_address[1]}",
+                "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.function_name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": uuid.uuid4().hex,
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.run_time}",
+                "LAMBDA_TASK_ROOT": self.dir,
+                "LAMBDA_RUNTIME_DIR": self.dir,
+                "_HANDLER": fn.handler or "bootstrap",
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+            }
+        )
+        self.pending = queue.Queue()
+        self.in_flight = {}
+        self.init_error = None
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(self.dir, "bootstrap")], cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.server.shutdown()
+
+    def invoke(self, fn: LambdaFunction, payload: bytes) -> tuple[str, bytes, dict[str, Any]]:
+        with self.lock:
+            cold = self.proc is None or self.proc.poll() is not None
+            if cold:
+                self._start(fn)
+            timeout = float(fn.timeout or 3) + (INIT_SECONDS if cold else 0.0)
+            inv = _Invocation(payload, int((time.time() + float(fn.timeout or 3)) * 1000))
+            started = time.monotonic()
+            self.pending.put(inv)
+            outcome = None
+            while not inv.done.wait(0.02):
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    kind = "Runtime.InitError" if self.init_error is not None else "Runtime.ExitError"
+                    msg = f"bootstrap exited with status {self.proc.returncode}"
+                    outcome = ("error", json.dumps({"errorType": kind, "errorMessage": msg}).encode())
+                    break
+                if time.monotonic() - started > timeout:
+                    self.proc.kill()
+                    self.proc.wait()
+                    msg = f"Task timed out after {timeout:.2f} seconds"
+                    outcome = ("error", json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": msg}).encode())
+                    break
+            status, body = outcome or inv.outcome
+            return status, body, {"cold": cold, "durationMs": int((time.monotonic() - started) * 1000)}
+
+
+def _cleanup() -> None:
+    # Functions' processes and unpacked zips go with the server.
+    for rt in list(_RUNTIMES.values()):
+        if rt.proc is not None and rt.proc.poll() is None:
+            rt.proc.kill()
+    shutil.rmtree(_WORKDIR, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+
+def _provided_function(arn: str | None, account_id: str, region: str) -> LambdaFunction | None:
+    """The moto function an ARN names, if it has a provided.* runtime."""
+    if not arn or ":function:" not in arn:
+        return None
+    try:
+        fn = lambda_backends[account_id][region].get_function(arn)
+    except Exception:  # noqa: BLE001 -- any lookup failure: not a moto function
+        return None
+    return fn if (fn.run_time or "").startswith("provided") else None
+
+
+def invoke_function(fn: LambdaFunction, payload: bytes) -> tuple[str, bytes, dict[str, Any]]:
+    key = f"{fn.function_arn}@{fn.code_sha_256}"
+    with _LOCK:
+        rt = _RUNTIMES.get(key)
+        if rt is None:
+            rt = _RUNTIMES[key] = _Runtime(fn)
+    return rt.invoke(fn, payload)
+
+
+def _record(**entry: Any) -> None:
+    entry["at"] = time.time()
+    with _LOCK:
+        _INVOCATIONS.append(entry)
+
+
+def _begin_rotation(secret: FakeSecret, token: str) -> None:
+    # AWS "How rotation works": before createSecret, Secrets Manager stages
+    # the ClientRequestToken as a version labelled AWSPENDING, without a
+    # value; createSecret's GetSecretValue(VersionId=token, AWSPENDING) then
+    # finds no value and puts one (moto lets PutSecretValue fill it).
+    for vid, ver in secret.versions.items():
+        if vid != token and "AWSPENDING" in ver["version_stages"]:
+            ver["version_stages"].remove("AWSPENDING")
+    ver = secret.versions.get(token)
+    if ver is None:
+        secret.versions[token] = {
+            "createdate": int(time.time()),
+            "version_id": token,
+            "version_stages": ["AWSPENDING"],
+        }
+    elif "AWSPENDING" not in ver["version_stages"] and "AWSCURRENT" not in ver["version_stages"]:
+        ver["version_stages"].append("AWSPENDING")
+
+
+def _run_rotation(secret: FakeSecret, token: str, fn: LambdaFunction) -> None:
+    """The four steps, in a thread, as AWS runs them after RotateSecret has
+    returned; a failed step restarts the sequence from createSecret with the
+    same token, up to ROTATION_ATTEMPTS times."""
+    for attempt in range(1, ROTATION_ATTEMPTS + 1):
+        failed = None
+        for step in STEPS:
+            event = {"Step": step, "SecretId": secret.arn, "ClientRequestToken": token}
+            status, body, meta = invoke_function(fn, json.dumps(event).encode())
+            error = None
+            if status != "ok":
+                try:
+                    err = json.loads(body or b"{}")
+                    error = f"{err.get('errorType')}: {err.get('errorMessage')}"
+                except ValueError:
+                    error = body.decode(errors="replace")[:500]
+            _record(
+                function=fn.function_name, secret=secret.arn, token=token, step=step,
+                attempt=attempt, outcome=status, error=error, **meta,
+            )
+            if status != "ok":
+                failed = step
+                break
+        if failed is None:
+            secret.last_rotation_date = int(time.time())
+            secret.rotor_rotations = getattr(secret, "rotor_rotations", 0) + 1
+            return
+        if attempt < ROTATION_ATTEMPTS:
+            time.sleep(ROTATION_RETRY_SECONDS)
+
+
 def rotate_secret(
     self: SecretsManagerBackend,
     secret_id: str,
@@ -193,7 +504,15 @@ def rotate_secret(
     # version, AWSCURRENT stays. (moto adds a version and moves AWSCURRENT.)
     if not rotate_immediately:
         return json.dumps(response)
-    if not repeat:
+    fn = _provided_function(lambda_arn, self.account_id, self.region_name)
+    if fn is not None:
+        # AWS: RotateSecret "starts" the rotation and returns; the function's
+        # steps run after. A repeated token whose version is not AWSCURRENT
+        # yet restarts that rotation from createSecret.
+        if not repeat or "AWSCURRENT" not in secret.versions[token]["version_stages"]:
+            _begin_rotation(secret, token)
+            threading.Thread(target=_run_rotation, args=(secret, token, fn), daemon=True).start()
+    elif not repeat:
         _simulate_rotation(self, secret, token)
     response["VersionId"] = token
     return json.dumps(response)
@@ -238,23 +557,92 @@ def _rotation_counts() -> dict[str, int]:
     return counts
 
 
+_original_invoke = LambdaFunction.invoke
+
+
+def lambda_invoke(self: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> str | bytes:
+    # lambda:Invoke of a provided.* function runs its bootstrap (moto would
+    # need Docker); other runtimes keep moto's behaviour.
+    if not (self.run_time or "").startswith("provided"):
+        return _original_invoke(self, body, request_headers, response_headers)
+    status, payload, meta = invoke_function(self, (body or "{}").encode() if isinstance(body, str) else body)
+    _record(function=self.function_name, secret=None, token=None, step=None, attempt=1,
+            outcome=status, error=None if status == "ok" else payload.decode(errors="replace"), **meta)
+    if status != "ok":
+        response_headers["x-amz-function-error"] = "Unhandled"
+    return payload
+
+
+def _json_body(environ: dict[str, Any]) -> dict[str, Any]:
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    return json.loads(environ["wsgi.input"].read(n) or b"{}") if n else {}
+
+
+def _begin_rotation_for_tests(body: dict[str, Any]) -> dict[str, Any]:
+    """Test only: what RotateSecret does before it invokes createSecret
+    (rotation enabled, the token staged AWSPENDING without a value), so that
+    tests can drive the four steps themselves."""
+    backend = secretsmanager_backends[body.get("AccountId", "123456789012")][body.get("Region", "us-east-1")]
+    secret_id = body["SecretId"]
+    if not backend._is_valid_identifier(secret_id):
+        raise KeyError(secret_id)
+    secret = backend.secrets[secret_id]
+    secret.rotation_requested = True
+    secret.rotation_enabled = True
+    secret.rotation_lambda_arn = body.get("RotationLambdaARN") or secret.rotation_lambda_arn or "arn:aws:lambda:us-east-1:123456789012:function:tests"
+    if not hasattr(secret, "rotor_rules"):
+        secret.rotor_rules = {}
+        secret.rotor_configured_at = int(time.time())
+    _begin_rotation(secret, body["ClientRequestToken"])
+    return {"ARN": secret.arn, "VersionId": body["ClientRequestToken"]}
+
+
+def _reply(start_response: Any, status: str, obj: Any) -> list[bytes]:
+    body = json.dumps(obj).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 _original_call = DomainDispatcherApplication.__call__
 
 
 def dispatch(self: DomainDispatcherApplication, environ: dict[str, Any], start_response: Any) -> Any:
+    # Where a function's SDK finds moto: this server, as its clients reach it.
+    if "url" not in _MOTO_URL and environ.get("SERVER_PORT"):
+        _MOTO_URL["url"] = f"http://127.0.0.1:{environ['SERVER_PORT']}"
+    path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
     # Test-only introspection, not an AWS API.
-    if environ.get("PATH_INFO") == "/rotor-test/rotations" and environ.get("REQUEST_METHOD") == "GET":
-        body = json.dumps(_rotation_counts()).encode()
-        start_response(
-            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+    if path == "/rotor-test/rotations" and method == "GET":
+        return _reply(start_response, "200 OK", _rotation_counts())
+    if path == "/rotor-test/invocations" and method == "GET":
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        with _LOCK:
+            rows = [
+                r for r in _INVOCATIONS
+                if all(str(r.get(k)) in v for k, v in query.items())
+            ]
+        return _reply(start_response, "200 OK", rows)
+    if path == "/rotor-test/begin-rotation" and method == "POST":
+        try:
+            return _reply(start_response, "200 OK", _begin_rotation_for_tests(_json_body(environ)))
+        except KeyError as e:
+            return _reply(start_response, "404 Not Found", {"error": f"not found: {e}"})
+    if path == "/moto-api/reset" and method == "POST":
+        with _LOCK:
+            _INVOCATIONS.clear()
+            runtimes = list(_RUNTIMES.values())
+            _RUNTIMES.clear()
+        for rt in runtimes:
+            rt.stop()
     return _original_call(self, environ, start_response)
 
 
 SecretsManagerBackend.rotate_secret = rotate_secret  # type: ignore[method-assign]
+LambdaFunction.invoke = lambda_invoke  # type: ignore[method-assign]
 FakeSecret.to_dict = to_dict  # type: ignore[method-assign]
 DomainDispatcherApplication.__call__ = dispatch  # type: ignore[method-assign]
 
 if __name__ == "__main__":
+    # testbed.sh down sends SIGTERM: exit normally so that _cleanup runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     main()

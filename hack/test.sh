@@ -19,6 +19,10 @@ hack/chart-check.sh
 
 # Build first so that compile time does not count against the test bed.
 cargo nextest run --no-run --lib --bins --tests
+# The rotation function (rotator/, a workspace member the root run above
+# does not include): unit tests, and its step tests against the test bed's
+# PostgreSQL, MariaDB and moto.
+cargo nextest run --no-run -p rotator --lib --bins --tests
 hack/testbed.sh up
 # The test bed's own helpers: moto patched to AWS's RotateSecret behaviour,
 # and the fault-injecting proxy.
@@ -28,4 +32,5 @@ python3 hack/test_aws_proxy.py
 python3 hack/test_iam_policy.py
 # shellcheck disable=SC1091
 . "$TESTBED_DIR/env"
+cargo nextest run -p rotator --lib --bins --tests --no-fail-fast
 cargo nextest run --lib --bins --tests --no-fail-fast "$@"

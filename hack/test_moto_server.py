@@ -238,5 +238,166 @@ class MotoServerTest(unittest.TestCase):
         self.assertEqual(self.rotations(), {})
 
 
+# A provided.* function's bootstrap for the self-tests: Python speaking the
+# Lambda Runtime API, rotating like a well-behaved function; fails setSecret
+# on a token's first attempt when FAIL_SET_ONCE is set.
+BOOTSTRAP = """#!%s
+import json, os, sys, urllib.request
+import boto3
+api = os.environ["AWS_LAMBDA_RUNTIME_API"]
+sm = boto3.client("secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                  region_name=os.environ["AWS_REGION"])
+def post(path, body):
+    req = urllib.request.Request(f"http://{api}/2018-06-01/runtime/{path}",
+                                 data=json.dumps(body).encode(), method="POST")
+    urllib.request.urlopen(req).read()
+def handle(ev, headers):
+    if "Step" not in ev:
+        keys = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                "AWS_LAMBDA_FUNCTION_VERSION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "MY_VAR"]
+        return {"echo": ev, "env": {k: os.environ.get(k) for k in keys},
+                "deadline": headers["Lambda-Runtime-Deadline-Ms"]}
+    sid, token, step = ev["SecretId"], ev["ClientRequestToken"], ev["Step"]
+    meta = sm.describe_secret(SecretId=sid)
+    stages = meta["VersionIdsToStages"][token]
+    if "AWSCURRENT" in stages:
+        return None
+    assert meta["RotationEnabled"] and "AWSPENDING" in stages
+    if step == "createSecret":
+        try:
+            sm.get_secret_value(SecretId=sid, VersionId=token, VersionStage="AWSPENDING")
+        except sm.exceptions.ResourceNotFoundException:
+            sm.put_secret_value(SecretId=sid, ClientRequestToken=token,
+                                SecretString="rotated-" + token, VersionStages=["AWSPENDING"])
+    elif step == "setSecret" and os.environ.get("FAIL_SET_ONCE"):
+        marker = os.path.join(os.environ["LAMBDA_TASK_ROOT"], "failed-" + token)
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("database unreachable")
+    elif step == "finishSecret":
+        current = next(v for v, s in meta["VersionIdsToStages"].items() if "AWSCURRENT" in s)
+        sm.update_secret_version_stage(SecretId=sid, VersionStage="AWSCURRENT",
+                                       MoveToVersionId=token, RemoveFromVersionId=current)
+    return None
+while True:
+    r = urllib.request.urlopen(f"http://{api}/2018-06-01/runtime/invocation/next")
+    rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+    ev = json.loads(r.read())
+    try:
+        post(f"invocation/{rid}/response", handle(ev, r.headers))
+    except Exception as e:
+        post(f"invocation/{rid}/error", {"errorType": type(e).__name__, "errorMessage": str(e)})
+""" % sys.executable
+
+
+class _ProvidedFunctionTests:
+    """(Added to MotoServerTest below, sharing its server.) RotateSecret with a moto function of a provided.* runtime runs its
+    bootstrap through the emulated Runtime API, asynchronously."""
+
+    def function(self, env=None):
+        import io
+        import zipfile
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            info = zipfile.ZipInfo("bootstrap")
+            info.external_attr = 0o755 << 16
+            z.writestr(info, BOOTSTRAP)
+        lam = boto3.client(
+            "lambda", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 0}),
+        )
+        iam = boto3.client(
+            "iam", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+        try:
+            iam.create_role(RoleName="rotator", AssumeRolePolicyDocument=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                               "Action": "sts:AssumeRole"}]}))
+        except iam.exceptions.EntityAlreadyExistsException:
+            pass
+        name = f"rotor-rotator-{uuid.uuid4().hex[:8]}"
+        arn = lam.create_function(
+            FunctionName=name, Runtime="provided.al2023", Handler="bootstrap",
+            Role="arn:aws:iam::123456789012:role/rotator", Code={"ZipFile": buf.getvalue()},
+            Timeout=10, Environment={"Variables": env or {}},
+        )["FunctionArn"]
+        return lam, arn
+
+    def invocations(self, **query):
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        with urllib.request.urlopen(f"{self.endpoint}/rotor-test/invocations?{q}", timeout=5) as r:
+            return json.load(r)
+
+    def wait_rotated(self, arn, token, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.current(arn) == token:
+                return
+            time.sleep(0.1)
+        self.fail(f"not rotated: {self.invocations(token=token)}")
+
+    def test_rotate_secret_runs_the_bootstrap_after_returning(self):
+        _, fn = self.function()
+        arn = self.create("v1")
+        old = self.current(arn)
+        token = str(uuid.uuid4())
+        out = self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=fn, ClientRequestToken=token)
+        self.assertEqual(out["VersionId"], token)
+        self.wait_rotated(arn, token)
+        self.assertEqual(self.value(arn, VersionStage="AWSCURRENT"), "rotated-" + token)
+        self.assertIn("AWSPREVIOUS", self.stages(arn)[old])
+        rows = self.invocations(token=token)
+        self.assertEqual([r["step"] for r in rows], ["createSecret", "setSecret", "testSecret", "finishSecret"])
+        self.assertTrue(all(r["outcome"] == "ok" for r in rows), rows)
+        self.assertTrue(rows[0]["cold"])
+        self.assertFalse(rows[1]["cold"], "the environment is kept warm")
+        self.assertEqual(self.rotations().get(arn), 1)
+
+    def test_failed_step_restarts_from_create_secret(self):
+        _, fn = self.function({"FAIL_SET_ONCE": "1"})
+        arn = self.create("v1")
+        token = str(uuid.uuid4())
+        self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=fn, ClientRequestToken=token)
+        self.wait_rotated(arn, token)
+        rows = [(r["attempt"], r["step"], r["outcome"]) for r in self.invocations(token=token)]
+        self.assertEqual(
+            rows,
+            [(1, "createSecret", "ok"), (1, "setSecret", "error"),
+             (2, "createSecret", "ok"), (2, "setSecret", "ok"), (2, "testSecret", "ok"),
+             (2, "finishSecret", "ok")],
+        )
+        err = self.invocations(token=token, outcome="error")[0]["error"]
+        self.assertEqual(err, "RuntimeError: database unreachable")
+
+    def test_lambda_invoke_runs_the_bootstrap_with_the_runtime_environment(self):
+        lam, fn = self.function({"MY_VAR": "x"})
+        out = lam.invoke(FunctionName=fn, Payload=json.dumps({"hello": 1}).encode())
+        body = json.loads(out["Payload"].read())
+        self.assertEqual(body["echo"], {"hello": 1})
+        env = body["env"]
+        self.assertEqual(env["AWS_LAMBDA_FUNCTION_NAME"], fn.rsplit(":", 1)[1])
+        self.assertEqual(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "128")
+        self.assertEqual(env["AWS_LAMBDA_FUNCTION_VERSION"], "$LATEST")
+        self.assertEqual(env["AWS_ENDPOINT_URL"], self.endpoint)
+        self.assertEqual(env["MY_VAR"], "x")
+        self.assertGreater(int(body["deadline"]), time.time() * 1000)
+
+    def test_arn_naming_no_function_still_simulates(self):
+        arn = self.create(json.dumps({"password": "a"}))
+        token = str(uuid.uuid4())
+        self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=LAMBDA, ClientRequestToken=token)
+        self.assertEqual(self.current(arn), token, "synchronous, as before")
+        self.assertEqual(self.invocations(token=token), [])
+
+
+for _name, _member in list(vars(_ProvidedFunctionTests).items()):
+    if callable(_member):
+        setattr(MotoServerTest, _name, _member)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts (up) or stops (down) the test bed: etcd, kube-apiserver with RBAC,
-# kube-controller-manager and moto, on free loopback ports. `up` writes
+# kube-controller-manager, moto, and for the rotation function (rotator/)
+# PostgreSQL 15 and MariaDB with TLS from a CA made here, on free loopback ports. `up` writes
 # $TESTBED_DIR/env with the variables the integration tests read.
 set -euo pipefail
 
@@ -30,7 +31,63 @@ start() { # name, command...
   echo "$!" >>"$TESTBED_DIR/pids"
 }
 
+PG_BIN=/usr/lib/postgresql/15/bin
+
+# A CA and a server certificate for 127.0.0.1, for both databases' TLS.
+make_db_certs() {
+  local d=$TESTBED_DIR/db-tls
+  rm -rf "$d" && mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj "/CN=rotor test bed CA" -keyout "$d/ca.key" -out "$d/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 7 -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
+}
+
+# PostgreSQL as the postgres user (initdb refuses root), SCRAM only, TLS on.
+start_postgres() { # port, admin password
+  local dir=$TESTBED_DIR/postgres
+  rm -rf "$dir" && mkdir -p "$dir"
+  printf '%s\n' "$2" >"$dir/pwfile"
+  cp "$TESTBED_DIR/db-tls/server.crt" "$TESTBED_DIR/db-tls/server.key" "$dir/"
+  chmod 600 "$dir/server.key" "$dir/pwfile"
+  chown -R postgres:postgres "$dir"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 \
+    --pwfile="$dir/pwfile" >"$TESTBED_DIR/postgres-initdb.log" 2>&1
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
+    -o "-c listen_addresses=127.0.0.1 -c port=$1 -c unix_socket_directories=$dir -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
+    start >/dev/null
+}
+
+stop_postgres() {
+  local dir=$TESTBED_DIR/postgres
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+
+# MariaDB started directly (no service manager), TLS on, an admin user for TCP.
+start_mariadb() { # port, admin password
+  local dir=$TESTBED_DIR/mariadb tls=$TESTBED_DIR/db-tls
+  rm -rf "$dir" && mkdir -p "$dir"
+  mariadb-install-db --no-defaults --user=root --datadir="$dir/data" \
+    --auth-root-authentication-method=normal --skip-test-db >"$TESTBED_DIR/mariadb-install.log" 2>&1
+  start mariadb "$(command -v mariadbd || echo /usr/sbin/mariadbd)" --no-defaults --user=root \
+    --datadir="$dir/data" --bind-address=127.0.0.1 --port="$1" --socket="$dir/s" --pid-file="$dir/pid" \
+    --skip-log-bin --skip-name-resolve --innodb-flush-log-at-trx-commit=0 \
+    --ssl-ca="$tls/ca.crt" --ssl-cert="$tls/server.crt" --ssl-key="$tls/server.key"
+  wait_for mariadb 30 mariadb --no-defaults -uroot -S "$dir/s" -e 'SELECT 1'
+  mariadb --no-defaults -uroot -S "$dir/s" -e \
+    "CREATE USER 'admin'@'%' IDENTIFIED BY '$2'; GRANT ALL ON *.* TO 'admin'@'%' WITH GRANT OPTION;"
+}
+
 down() {
+  stop_postgres
   if [ -f "$TESTBED_DIR/pids" ]; then
     # Reverse order: controllers before the API server before etcd.
     tac "$TESTBED_DIR/pids" | while read -r pid; do kill "$pid" 2>/dev/null || true; done
@@ -38,7 +95,7 @@ down() {
     tac "$TESTBED_DIR/pids" | while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done
     rm -f "$TESTBED_DIR/pids"
   fi
-  rm -rf "$TESTBED_DIR/etcd" "$TESTBED_DIR/certs"
+  rm -rf "$TESTBED_DIR/etcd" "$TESTBED_DIR/certs" "$TESTBED_DIR/mariadb" "$TESTBED_DIR/db-tls"
   log "stopped"
 }
 
@@ -86,11 +143,26 @@ TOKENS
   start moto "$(command -v python3)" "$ROOT/hack/moto_server.py" -H 127.0.0.1 -p "$moto_port"
   wait_for moto 30 curl -sf "http://127.0.0.1:$moto_port/moto-api/data.json"
 
+  local db_started=$SECONDS pg_port maria_port pg_password maria_password
+  pg_port=$(free_port); maria_port=$(free_port)
+  pg_password=$(openssl rand -hex 16); maria_password=$(openssl rand -hex 16)
+  make_db_certs
+  start_postgres "$pg_port" "$pg_password"
+  start_mariadb "$maria_port" "$maria_password"
+  log "databases up in $((SECONDS - db_started))s: PostgreSQL 127.0.0.1:$pg_port, MariaDB 127.0.0.1:$maria_port"
+
   cat >"$TESTBED_DIR/env" <<ENV
 export ROTOR_TEST_ADMIN_KUBECONFIG=$TESTBED_DIR/admin.kubeconfig
 export ROTOR_TEST_ROTOR_KUBECONFIG=$TESTBED_DIR/rotor.kubeconfig
 export ROTOR_TEST_AWS_ENDPOINT=http://127.0.0.1:$moto_port
 export ROTOR_TEST_DIR=$TESTBED_DIR
+export ROTOR_TEST_DB_CA=$TESTBED_DIR/db-tls/ca.crt
+export ROTOR_TEST_PG_PORT=$pg_port
+export ROTOR_TEST_PG_ADMIN_USER=postgres
+export ROTOR_TEST_PG_ADMIN_PASSWORD=$pg_password
+export ROTOR_TEST_MARIADB_PORT=$maria_port
+export ROTOR_TEST_MARIADB_ADMIN_USER=admin
+export ROTOR_TEST_MARIADB_ADMIN_PASSWORD=$maria_password
 ENV
   log "up: API server https://127.0.0.1:$api_port, moto http://127.0.0.1:$moto_port (env in $TESTBED_DIR/env)"
 }
