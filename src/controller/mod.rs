@@ -80,6 +80,10 @@ pub struct Context {
     /// anyway (an event or rotate-now whose rotation never comes must not
     /// pin the object to DescribeSecret forever).
     watching: Mutex<HashMap<ObjectRef<RotatedSecret>, Watch>>,
+    /// When Secrets Manager reported a failed rotation (a `RotationFailed`
+    /// event), and the version the Secret held then: reported on the object
+    /// until a new version arrives or a `RotationSucceeded` event.
+    failed_rotations: Mutex<HashMap<ObjectRef<RotatedSecret>, RotationReport>>,
     /// When a new version was first noticed, for latency metrics.
     detected: Mutex<HashMap<ObjectRef<RotatedSecret>, (String, Instant)>>,
     /// The sweep's interval, and when it last listed each region. Health is
@@ -185,6 +189,10 @@ impl Context {
 
     fn forget(&self, rs: &RotatedSecret) {
         let key = ObjectRef::from(rs);
+        self.failed_rotations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
         self.converged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -391,6 +399,45 @@ impl Context {
         provision::stuck_after(rs.spec.rotation.as_ref().and_then(|r| r.window.as_deref()))
     }
 
+    /// Records what a rotation event says about the object's rotation.
+    pub fn rotation_event(&self, rs: &RotatedSecret, event: &str) {
+        let mut reports = self
+            .failed_rotations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = ObjectRef::from(rs);
+        match event {
+            "RotationFailed" => {
+                let synced = rs.status.as_ref().and_then(|s| s.synced_version_id.clone());
+                reports.insert(key, RotationReport::Failed(Timestamp::now(), synced));
+            }
+            "RotationSucceeded" if reports.contains_key(&key) => {
+                reports.insert(key, RotationReport::Cleared);
+            }
+            _ => {}
+        }
+    }
+
+    /// The failed rotation to report, if it is still the latest news; a
+    /// version that moved since (a later rotation succeeded) clears it.
+    /// `Cleared` is returned once.
+    fn rotation_report(&self, rs: &RotatedSecret, synced: Option<&str>) -> Option<RotationReport> {
+        let mut reports = self
+            .failed_rotations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = ObjectRef::from(rs);
+        match reports.get(&key)? {
+            RotationReport::Failed(at, before) if before.as_deref() == synced => {
+                Some(RotationReport::Failed(*at, before.clone()))
+            }
+            _ => {
+                reports.remove(&key);
+                Some(RotationReport::Cleared)
+            }
+        }
+    }
+
     /// Stops watching once the Secret holds a version other than the one
     /// it held when watching started.
     fn unwatch_if_moved(&self, rs: &RotatedSecret, synced: Option<&str>) {
@@ -487,6 +534,15 @@ impl Context {
         let window = self.until_rotation_window(rs).unwrap_or(Duration::MAX);
         window.min(self.drift_interval).max(refresh)
     }
+}
+
+/// What rotor reports about an object's last rotation (from events).
+#[derive(Clone, Debug, PartialEq)]
+enum RotationReport {
+    /// Failed at this time, when the Secret held this version.
+    Failed(Timestamp, Option<String>),
+    /// A failure was reported and is over: the condition must be redone.
+    Cleared,
 }
 
 /// The version synced when watching started, and the end of watching.
@@ -864,6 +920,36 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
         }
         Err(e) => fail(run, &mut failed, Stage::Sync, e),
     }
+    // Reported after the mirror: the Secret keeps AWSCURRENT, which a failed
+    // rotation never moved, and the user learns the function failed.
+    match run
+        .ctx
+        .rotation_report(rs, run.status.synced_version_id.as_deref())
+    {
+        Some(RotationReport::Failed(at, _)) => {
+            let err = Error::Refused {
+                reason: "RotationFailed",
+                message: format!(
+                    "Secrets Manager reported that a rotation failed at {at} (RotationFailed event); the Secret \
+                     keeps the current version. Check the rotation function's logs; rotor clears this when a new \
+                     version arrives"
+                ),
+            };
+            fail(run, &mut failed, Stage::Rotation, err);
+        }
+        // Over: describe once and redo the rotation condition from AWS.
+        Some(RotationReport::Cleared) if valid && !converge => {
+            match provision::ensure_secret(run, None).await {
+                Ok(desc) => {
+                    if let Err(e) = provision::ensure_rotation(run, &desc).await {
+                        fail(run, &mut failed, Stage::Rotation, e);
+                    }
+                }
+                Err(e) => fail(run, &mut failed, Stage::Secret, e),
+            }
+        }
+        _ => {}
+    }
     if converge && failed.is_empty() {
         run.ctx.mark_converged(rs);
     }
@@ -1061,6 +1147,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         workloads: workloads.clone(),
         seen: Mutex::default(),
         watching: Mutex::default(),
+        failed_rotations: Mutex::default(),
         detected: Mutex::default(),
         sweep: Mutex::new((DEFAULT_REFRESH, HashMap::new())),
         statuses: Mutex::default(),

@@ -241,6 +241,7 @@ pub async fn event_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>, mut changes: 
                 .collect();
             for rs in hits {
                 matched = true;
+                ctx.rotation_event(&rs, change.event);
                 ctx.watch(&rs);
                 debug!(namespace = rs.namespace(), name = %rs.name_any(), event = change.event, "event trigger");
                 scope.send(&rs);

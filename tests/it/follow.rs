@@ -990,3 +990,64 @@ async fn an_sqs_event_makes_the_secret_follow_at_once() {
     env.assert_no_leak(&["event-pw-1-Ny6", "event-pw-2-Ny6"]).await;
     sqs.delete_queue().queue_url(&url).send().await.ok();
 }
+
+/// Secrets Manager's `RotationFailed` event (the rotation function failed a
+/// step) is reported on the object at once, the Secret keeps the working
+/// version, and the report clears when a new version arrives.
+#[tokio::test]
+async fn a_failed_rotation_event_is_reported_until_a_new_version() {
+    let mut env = Env::new().await;
+    let sqs = sqs();
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("rotor-failed-{}", uuid_like()))
+        .attributes(QueueAttributeName::VisibilityTimeout, "2")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+    env.start_rotor(&["--events-queue-url", &url]);
+    create_rs(&env, "db", "failed-pw-1-Qa3", json!({"refreshInterval": "1s"})).await;
+    let rs = env.wait_condition("db", "Ready", "True", "Ready").await;
+    let arn = rs.status.unwrap().arn.unwrap();
+    let event = json!({
+        "version": "0", "id": uuid_like(),
+        "detail-type": "AWS Service Event via CloudTrail", "source": "aws.secretsmanager",
+        "account": "123456789012", "region": REGION, "resources": [],
+        "detail": {
+            "eventSource": "secretsmanager.amazonaws.com", "eventName": "RotationFailed",
+            "awsRegion": REGION, "eventType": "AwsServiceEvent",
+            "additionalEventData": {"SecretId": arn},
+        }
+    });
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(event.to_string())
+        .send()
+        .await
+        .expect("send message");
+    let rs = env
+        .wait_condition("db", "RotationConfigured", "False", "RotationFailed")
+        .await;
+    assert_eq!(condition(&rs, "Ready").unwrap().reason, "RotationFailed");
+    assert_eq!(
+        condition(&rs, "Synced").unwrap().status,
+        "True",
+        "the mirror goes on"
+    );
+    assert_eq!(
+        env.secret_data("db").await.unwrap()["password"],
+        "failed-pw-1-Qa3"
+    );
+
+    // A later rotation that succeeds clears the report.
+    let v2 = env.rotate("db", &value("failed-pw-2-Qa3")).await;
+    let rs = env.wait_condition("db", "Ready", "True", "Ready").await;
+    assert_eq!(synced(&rs), Some(v2.as_str()));
+    assert_ne!(
+        condition(&rs, "RotationConfigured").unwrap().reason,
+        "RotationFailed"
+    );
+}
