@@ -1,4 +1,4 @@
-.PHONY: test demo bench lint crd build clean-testbed rotator-zip image
+.PHONY: test demo bench lint crd build clean-testbed rotator-zip image image-check
 
 # Installs what is missing, starts etcd, kube-apiserver and moto, runs every test.
 test:
@@ -40,3 +40,13 @@ rotator-zip:
 	cargo build --release -p rotator --bin bootstrap
 	hack/check-glibc.sh target/release/bootstrap 2.34
 	python3 hack/lambda_zip.py target/release/bootstrap target/lambda/rotator.zip
+
+CONTAINER_ENGINE ?= docker
+IMAGE ?= rotor:dev
+# Builds the container image (needs docker or podman with BuildKit).
+image:
+	$(CONTAINER_ENGINE) build --build-arg ROTOR_GIT_SHA=$$(git rev-parse --short=12 HEAD)$$(test -z "$$(git status --porcelain)" || echo -dirty) -t $(IMAGE) .
+
+# Proves without a container engine that the image's runtime stage is enough (root, chroot).
+image-check:
+	hack/image-check.sh

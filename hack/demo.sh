@@ -24,26 +24,54 @@ export KUBECONFIG=$ROTOR_TEST_ADMIN_KUBECONFIG
 K="kubectl --warnings-as-errors=false"
 AWS="python3 hack/aws.py $ROTOR_TEST_AWS_ENDPOINT"
 
-say "Installing the CRD, and the Helm chart's RBAC for the user rotor runs as"
-target/debug/rotor crd | $K apply -f - 2>/dev/null
-$K wait --for=condition=Established crd/rotatedsecrets.rotor.dev >/dev/null
-python3 - "$ROOT/charts/rotor/files/clusterrole-rules.yaml" <<'PY' | $K apply -f - 2>/dev/null
-import json, sys, yaml
-rules = yaml.safe_load(open(sys.argv[1]))
-print(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-  {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "rotor"}, "rules": rules},
-  {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "rotor"},
-   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rotor"},
-   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "rotor"}]}]}))
-PY
+say "Installing the Helm chart's CRD and RBAC (namespaced scope: watching shop), as helm would"
+HELM=$(hack/helm.sh)
+export HELM_CONFIG_HOME=$TESTBED_DIR/helm/config HELM_CACHE_HOME=$TESTBED_DIR/helm/cache HELM_DATA_HOME=$TESTBED_DIR/helm/data
+$K create namespace rotor-system >/dev/null
 $K create namespace shop >/dev/null
+HELM_ARGS=(template rotor charts/rotor -n rotor-system
+  --set 'clusterName=demo,aws.region=us-east-1,rbac.scope=namespaced' --set 'watchNamespaces={shop}')
+printf '$ helm %s\n' "${HELM_ARGS[*]}"
+"$HELM" "${HELM_ARGS[@]}" >"$TESTBED_DIR/rendered.yaml"
+# The objects a controller process needs; the Deployment and Service are for
+# a cluster with nodes (this one has none: rotor runs below as a process).
+python3 - "$TESTBED_DIR/rendered.yaml" <<'PY' | $K apply -f - 2>/dev/null
+import json, sys, yaml
+keep = {"CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding"}
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] in keep]
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+PY
+$K wait --for=condition=Established crd/rotatedsecrets.rotor.dev >/dev/null
 
-say "Starting rotor"
-KUBECONFIG=$ROTOR_TEST_ROTOR_KUBECONFIG AWS_ENDPOINT_URL=$ROTOR_TEST_AWS_ENDPOINT AWS_REGION=us-east-1 \
+say "Starting rotor under a token for the chart's ServiceAccount (TokenRequest), with the chart's flags"
+TOKEN=$($K -n rotor-system create token rotor --duration=2h)
+SERVER=$($K config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+cat >"$TESTBED_DIR/rotor-sa.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster: {server: "$SERVER", insecure-skip-tls-verify: true}
+users:
+- name: rotor
+  user: {token: "$TOKEN"}
+contexts:
+- name: rotor
+  context: {cluster: testbed, user: rotor}
+current-context: rotor
+KC
+KUBECONFIG=$TESTBED_DIR/rotor-sa.kubeconfig AWS_ENDPOINT_URL=$ROTOR_TEST_AWS_ENDPOINT AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true \
-  target/debug/rotor run --cluster-name demo --metrics-addr 127.0.0.1:0 --min-refresh-interval 1s \
+  target/debug/rotor run --cluster-name demo --namespace shop \
+  --leader-election --leader-election-namespace rotor-system --leader-election-lease rotor \
+  --metrics-addr 127.0.0.1:0 --min-refresh-interval 1s \
   >"$TESTBED_DIR/rotor.log" 2>&1 &
 ROTOR_PID=$!
+echo "rotor runs as $($K -n rotor-system get sa rotor -o jsonpath='system:serviceaccount:{.metadata.namespace}:{.metadata.name}')"
+for check in "update leases -n kube-system" "get secrets -n default" "get secrets -n shop"; do
+  # shellcheck disable=SC2086
+  printf '  can-i %-30s %s\n' "$check" "$($K auth can-i $check --as system:serviceaccount:rotor-system:rotor 2>/dev/null || true)"
+done
 
 say "Applying examples/demo.yaml: a RotatedSecret and a Deployment that reads its Secret"
 run $K apply -f examples/demo.yaml 2>/dev/null
@@ -93,5 +121,9 @@ $K -n shop get events.events.k8s.io --sort-by=.metadata.creationTimestamp \
 say "Deleting the RotatedSecret (deletionPolicy Retain: the AWS secret stays, untagged)"
 run $K -n shop delete rotsec db-credentials --timeout=30s 2>/dev/null
 $AWS describe shop/db-credentials | grep tags
+if grep -qi forbidden "$TESTBED_DIR/rotor.log"; then
+  echo "rotor was refused something under the chart's RBAC:"; grep -i forbidden "$TESTBED_DIR/rotor.log" | head -n 5
+  exit 1
+fi
 echo
-echo "Demo done. rotor's log: $TESTBED_DIR/rotor.log"
+echo "Demo done, under the chart's RBAC with nothing refused. rotor's log: $TESTBED_DIR/rotor.log"

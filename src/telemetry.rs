@@ -82,6 +82,12 @@ struct ObjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    git_sha: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -107,6 +113,7 @@ pub struct Metrics {
     ready: Family<ObjectLabels, Gauge>,
     /// The objects `ready` has a series for, so deleted ones can be dropped.
     ready_objects: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -202,7 +209,14 @@ impl Default for Metrics {
             "1 when the RotatedSecret's Ready condition is True, else 0",
             ready.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1, labelled with the running binary's version and git revision",
+            build_info.clone(),
+        );
         Self {
+            build_info,
             reconcile_panics,
             task_restarts,
             ready,
@@ -225,6 +239,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets `rotor_build_info{version,git_sha} 1` (one series: a second call
+    /// replaces the first).
+    pub fn set_build_info(&self, version: &str, git_sha: &str) {
+        self.build_info.clear();
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: version.to_owned(),
+                git_sha: git_sha.to_owned(),
+            })
+            .set(1);
+    }
+
     pub fn reconciled(&self, elapsed: Duration, error_category: Option<&'static str>) {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
         let outcome = if error_category.is_some() {
@@ -410,6 +436,28 @@ mod tests {
         );
         assert!(
             text.contains(r#"rotor_reconcile_errors_total{category="aws_unavailable"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn build_info_is_one_series_set_to_one() {
+        let m = Metrics::default();
+        assert!(
+            !m.encode().contains("rotor_build_info{"),
+            "no series before it is set"
+        );
+        m.set_build_info("0.0.1", "0123456789ab");
+        m.set_build_info("0.1.0", "a1b843cea58e-dirty");
+        let text = m.encode();
+        assert!(text.contains("# TYPE rotor_build_info gauge\n"), "{text}");
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("rotor_build_info{"))
+            .collect();
+        assert_eq!(
+            series,
+            [r#"rotor_build_info{version="0.1.0",git_sha="a1b843cea58e-dirty"} 1"#],
             "{text}"
         );
     }

@@ -31,7 +31,44 @@ pub fn crd() -> CustomResourceDefinition {
             tags["maxProperties"] = 49.into();
         }
     }
+    if let Some(condition) = crd.pointer_mut(
+        "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/conditions/items/properties",
+    ) {
+        describe_condition_fields(condition);
+    }
     serde_json::from_value(crd).expect("still a CRD")
+}
+
+/// Descriptions for the fields of a status condition (those of
+/// `metav1.Condition`), for `kubectl explain`. Only where the type's doc
+/// comments give none: a doc comment on [`super::Condition`] wins.
+fn describe_condition_fields(properties: &mut serde_json::Value) {
+    for (field, description) in [
+        (
+            "type",
+            "Condition type: `Ready`, `KmsKeyReady`, `SecretReady`, `RotationConfigured`, `Synced` or `RolledOut`.",
+        ),
+        (
+            "reason",
+            "Why the condition is in its status, in CamelCase (e.g. `Ready`, `AccessDenied`, `InvalidSpec`).",
+        ),
+        (
+            "message",
+            "What happened, for people; never holds secret material.",
+        ),
+        (
+            "observedGeneration",
+            "The object's metadata.generation when the condition was set.",
+        ),
+        (
+            "lastTransitionTime",
+            "When the condition last changed status (RFC 3339).",
+        ),
+    ] {
+        if let Some(node) = properties.get_mut(field).and_then(|n| n.as_object_mut()) {
+            node.entry("description").or_insert_with(|| description.into());
+        }
+    }
 }
 
 /// Schema defaults only where the parent object always exists. A default
@@ -190,7 +227,66 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Ready", "AWS secret", "Version", "Last rotated", "Age"]);
+        assert_eq!(
+            cols,
+            ["Ready", "Reason", "AWS secret", "Version", "Last rotated", "Age"]
+        );
+        let column = |name: &str| {
+            version
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .find(|c| c.name == name)
+                .unwrap()
+        };
+        assert_eq!(
+            column("Reason").json_path,
+            r#".status.conditions[?(@.type=="Ready")].reason"#
+        );
+        // The long VersionId only with `-o wide`; the rest always.
+        assert_eq!(column("Version").priority, Some(1));
+        for name in ["Ready", "Reason", "AWS secret", "Last rotated", "Age"] {
+            assert_eq!(column(name).priority.unwrap_or(0), 0, "{name}");
+        }
+    }
+
+    /// `kubectl explain` shows a description for every field of spec and
+    /// status, at any depth (list items and map values included).
+    #[test]
+    fn every_field_has_a_description() {
+        fn walk(path: &str, node: &serde_json::Value, missing: &mut Vec<String>) {
+            let Some(obj) = node.as_object() else { return };
+            let described = obj
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| !d.trim().is_empty());
+            if !described {
+                missing.push(path.to_owned());
+            }
+            if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
+                for (k, v) in props {
+                    walk(&format!("{path}.{k}"), v, missing);
+                }
+            }
+            // Items and map values are described by their field; look inside.
+            for key in ["items", "additionalProperties"] {
+                if let Some(child) = obj.get(key).and_then(|c| c.as_object()) {
+                    if let Some(props) = child.get("properties").and_then(|p| p.as_object()) {
+                        for (k, v) in props {
+                            walk(&format!("{path}[].{k}"), v, missing);
+                        }
+                    }
+                }
+            }
+        }
+        let json = serde_json::to_value(crd()).unwrap();
+        let root = json.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap();
+        let mut missing = Vec::new();
+        for top in ["spec", "status"] {
+            walk(top, &root["properties"][top], &mut missing);
+        }
+        assert!(missing.is_empty(), "no description: {missing:#?}");
+        assert!(root["description"].as_str().is_some_and(|d| !d.is_empty()));
     }
 
     #[test]

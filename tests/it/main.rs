@@ -6,6 +6,7 @@ mod crd;
 mod events;
 mod follow;
 mod hostile;
+mod install;
 mod leader;
 mod provision;
 mod proxy;
