@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// protects (backups, exports, other services).
     #[arg(long, env = "ROTOR_DELETE_CREATED_KMS_KEYS")]
     pub delete_created_kms_keys: bool,
+
+    /// AWS accounts (12-digit ids, comma-separated) whose KMS keys a
+    /// RotatedSecret may name besides rotor's own account.
+    #[arg(long, env = "ROTOR_ALLOWED_KMS_KEY_ACCOUNTS", value_delimiter = ',')]
+    pub allowed_kms_key_accounts: Vec<String>,
 }
 
 /// Which rotation Lambdas a RotatedSecret may name: by default only those in

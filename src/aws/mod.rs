@@ -174,6 +174,8 @@ pub struct RegionClients {
 pub struct Aws {
     base: SdkConfig,
     default_region: String,
+    /// The account rotor's credentials belong to, asked once.
+    account: tokio::sync::OnceCell<String>,
     regions: Mutex<HashMap<String, RegionClients>>,
     write_rate: f64,
     metrics: Arc<Metrics>,
@@ -200,10 +202,26 @@ impl Aws {
         Ok(Self {
             base,
             default_region,
+            account: tokio::sync::OnceCell::new(),
             regions: Mutex::default(),
             write_rate,
             metrics,
         })
+    }
+
+    /// The account id of rotor's credentials (STS GetCallerIdentity, which
+    /// needs no IAM permission), cached after the first answer.
+    pub async fn account(&self) -> Result<String, AwsError> {
+        self.account
+            .get_or_try_init(|| async {
+                let sts = aws_sdk_sts::Client::new(&self.base);
+                let out = self
+                    .call("GetCallerIdentity", sts.get_caller_identity().send())
+                    .await?;
+                Ok(out.account().unwrap_or_default().to_owned())
+            })
+            .await
+            .cloned()
     }
 
     pub fn default_region(&self) -> &str {

@@ -64,6 +64,7 @@ pub struct Context {
     pub rotate_now_min_interval: Duration,
     pub lambda_policy: LambdaPolicy,
     pub delete_created_kms_keys: bool,
+    pub allowed_kms_key_accounts: Vec<String>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RotatedSecret>, u32>>,
     /// Generation and time of the last full convergence per object: AWS
@@ -1142,6 +1143,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         rotate_now_min_interval: args.rotate_now_min_interval,
         lambda_policy: LambdaPolicy::new(&args.allowed_lambda_arns),
         delete_created_kms_keys: args.delete_created_kms_keys,
+        allowed_kms_key_accounts: args.allowed_kms_key_accounts.clone(),
         failures: Mutex::default(),
         converged: Mutex::default(),
         workloads: workloads.clone(),

@@ -18,6 +18,15 @@ use crate::aws::secrets::{Description, NewSecret, RotationRequest};
 use crate::aws::{RegionClients, initial};
 use crate::{Error, Result};
 
+/// Whether a key (by its ARN) is in rotor's own account or one the operator
+/// allows. A key ARN that does not parse is not allowed.
+fn key_account_allowed(key_arn: &str, own: &str, allowed: &[String]) -> bool {
+    match key_arn.split(':').nth(4) {
+        Some(account) if !account.is_empty() => account == own || allowed.iter().any(|a| a == account),
+        _ => false,
+    }
+}
+
 /// KmsKeyReady's reason while a CreateKey is under way: set (and saved)
 /// before the call, so the next attempt knows it may have left a key behind.
 const CREATING_KEY: &str = "CreatingKey";
@@ -83,6 +92,20 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
         }
         None => create_key(run, &rc, alias.expect("checked above")).await?,
     };
+    // A key in another account would put this secret's encryption (and its
+    // availability) in someone else's hands: only rotor's own account, or
+    // accounts the operator lists.
+    let account = run.ctx.aws.account().await?;
+    if !key_account_allowed(&key.arn, &account, &run.ctx.allowed_kms_key_accounts) {
+        let key_account = key.arn.split(':').nth(4).unwrap_or_default();
+        return Err(refused(
+            "KmsKeyNotAllowed",
+            format!(
+                "secretsManager.kmsKey {lookup:?} is in account {key_account}, not rotor's account {account}; use \
+                 a key of this account, or ask the operator to list the account in --allowed-kms-key-accounts"
+            ),
+        ));
+    }
     if let Some(problem) = key.unusable_reason() {
         // Name the field, as every other spec problem does.
         return Err(refused(
@@ -776,6 +799,22 @@ mod tests {
             Some(("shop/db-credentials", "us-east-1"))
         );
         assert_eq!(arn_name_region("nonsense"), None);
+    }
+
+    #[test]
+    fn kms_keys_stay_in_allowed_accounts() {
+        let key = |account: &str| {
+            format!("arn:aws:kms:us-east-1:{account}:key/1234abcd-12ab-34cd-56ef-1234567890ab")
+        };
+        assert!(key_account_allowed(&key("111122223333"), "111122223333", &[]));
+        assert!(!key_account_allowed(&key("999999999999"), "111122223333", &[]));
+        assert!(key_account_allowed(
+            &key("999999999999"),
+            "111122223333",
+            &["999999999999".into()]
+        ));
+        assert!(!key_account_allowed("not-an-arn", "111122223333", &[]));
+        assert!(!key_account_allowed("arn:aws:kms:us-east-1::key/x", "", &[]));
     }
 
     #[test]
