@@ -11,4 +11,5 @@ mod leader;
 mod provision;
 mod proxy;
 mod rollout_discovery;
+mod rotation_function;
 mod sync;
