@@ -1094,3 +1094,67 @@ async fn a_fifth_of_aws_calls_failing_loses_nothing() {
     assert!(total - forwarded >= total / 10, "faults were injected: {calls:?}");
     env.assert_no_leak(&["round1-f0-Pw", "round2-f0-Pw"]).await;
 }
+
+/// rotor never destroys what it cannot prove it owns: an adopted secret
+/// keeps the replica someone else added, and `deletionPolicy: Delete` with
+/// `recoveryWindowInDays: 0` schedules it for deletion instead of erasing it.
+#[tokio::test]
+async fn an_adopted_secret_keeps_what_rotor_did_not_add() {
+    let mut env = Env::new().await;
+    let ns = env.ns.clone();
+    env.start_rotor(&["--adoption-namespaces", &ns]);
+    env.create_aws_secret("adopted", "theirs-Pw-8k", None).await;
+    env.sm
+        .replicate_secret_to_regions()
+        .secret_id(env.aws_name("adopted"))
+        .add_replica_regions(
+            aws_sdk_secretsmanager::types::ReplicaRegionType::builder()
+                .region("us-west-2")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("add a replica");
+    apply_ready(
+        &env,
+        "adopted",
+        json!({"secretsManager": {"name": env.aws_name("adopted"), "adopt": true,
+                                  "deletionPolicy": "Delete", "recoveryWindowInDays": 0},
+               "refreshInterval": "1s"}),
+    )
+    .await;
+    let describe = || async {
+        env.sm
+            .describe_secret()
+            .secret_id(env.aws_name("adopted"))
+            .send()
+            .await
+            .expect("still there")
+    };
+    let d = describe().await;
+    assert_eq!(
+        d.replication_status()
+            .iter()
+            .filter_map(|r| r.region())
+            .collect::<Vec<_>>(),
+        ["us-west-2"],
+        "the replica rotor did not add stays"
+    );
+    assert!(env.rs_api().get("adopted").await.unwrap().status.unwrap().adopted);
+
+    env.rs_api().delete("adopted", &Default::default()).await.unwrap();
+    eventually("the object gone", Duration::from_secs(30), || async {
+        env.rs_api()
+            .get_opt("adopted")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let d = describe().await;
+    assert!(
+        d.deleted_date().is_some(),
+        "scheduled for deletion, not erased at once"
+    );
+}
