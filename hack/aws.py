@@ -53,6 +53,26 @@ def main():
             SecretId=secret_id, VersionStage="AWSCURRENT", MoveToVersionId=new, RemoveFromVersionId=old
         )
         print(new)
+    elif cmd == "function":
+        # Deploys rotor's rotation function (its zip) as a moto Lambda; the
+        # test bed's moto runs the real bootstrap. secret_id is the name here.
+        zip_path, ca_file = sys.argv[4:6]
+        role = client("iam", endpoint).create_role(
+            RoleName=f"{secret_id}-role",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+        )["Role"]["Arn"]
+        with open(zip_path, "rb") as f:
+            code = f.read()
+        print(client("lambda", endpoint).create_function(
+            FunctionName=secret_id, Runtime="provided.al2023", Handler="bootstrap", Role=role,
+            Code={"ZipFile": code}, Timeout=30, MemorySize=128,
+            Environment={"Variables": {"DB_CA_FILE": ca_file}},
+        )["FunctionArn"])
+    elif cmd == "versions":
+        # The version ids and stages, to show a rotation without its values.
+        for version, stages in sm.describe_secret(SecretId=secret_id)["VersionIdsToStages"].items():
+            print(f"  {version}: {', '.join(stages)}")
     else:
         sys.exit(f"unknown command {cmd}")
 

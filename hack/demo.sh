@@ -17,6 +17,7 @@ trap cleanup EXIT
 
 say "Building rotor and starting the test bed (etcd, kube-apiserver, kube-controller-manager, moto)"
 cargo build --quiet --bin rotor
+cargo build --quiet -p rotator --bin bootstrap
 hack/testbed.sh up 2>&1 | tail -n 1
 # shellcheck disable=SC1091
 . "$TESTBED_DIR/env"
@@ -113,6 +114,60 @@ echo "AWSCURRENT = $V3"
 until [ "$(restarted_for)" = "$V3" ]; do sleep 0.2; done
 echo "Noticed by the ListSecrets sweep; Secret and shop-api followed in $(( ($(date +%s%N) - start) / 1000000 )) ms (refreshInterval 5s)"
 run $K -n shop get rotsec 2>/dev/null
+
+say "rotor's own rotation function, for real: a PostgreSQL password rotated by the Rust Lambda"
+PSQL=/usr/lib/postgresql/15/bin/psql
+pg() { # user, password, sql
+  PGPASSWORD=$2 PGSSLMODE=verify-full PGSSLROOTCERT=$ROTOR_TEST_DB_CA "$PSQL" -h 127.0.0.1 \
+    -p "$ROTOR_TEST_PG_PORT" -U "$1" -d postgres -tAc "$3"
+}
+pg "$ROTOR_TEST_PG_ADMIN_USER" "$ROTOR_TEST_PG_ADMIN_PASSWORD" "CREATE ROLE orders_app LOGIN PASSWORD 'first-Pw-from-the-demo'" >/dev/null
+echo "PostgreSQL 15 (TLS, SCRAM) has a user orders_app"
+python3 hack/lambda_zip.py target/debug/bootstrap "$TESTBED_DIR/rotator.zip" >/dev/null
+FN=$($AWS function rotor-rotator-demo "$TESTBED_DIR/rotator.zip" "$ROTOR_TEST_DB_CA")
+echo "deployed the function's zip as $FN (moto runs its real bootstrap)"
+$K apply -f - >/dev/null 2>&1 <<YAML
+apiVersion: rotor.dev/v1alpha1
+kind: RotatedSecret
+metadata: {name: orders-db, namespace: shop}
+spec:
+  secretsManager:
+    name: shop/orders-db
+    initialValue:
+      template: {engine: postgres, host: 127.0.0.1, port: $ROTOR_TEST_PG_PORT, username: orders_app,
+                 password: first-Pw-from-the-demo, dbname: postgres}
+  rotation: {lambdaArn: "$FN", schedule: rate(30 days)}
+  refreshInterval: 1s
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: orders-api}}
+  template:
+    metadata: {labels: {app: orders-api}}
+    spec:
+      containers:
+      - {name: app, image: busybox, envFrom: [{secretRef: {name: orders-db}}]}
+YAML
+$K -n shop wait --for=condition=Ready rotsec/orders-db --timeout=60s >/dev/null
+echo "orders-db Ready; the function is configured as its rotation Lambda"
+orders_rolled() {
+  $K -n shop get deploy orders-api -o jsonpath='{.spec.template.metadata.annotations.rotor\.dev/orders-db}'
+}
+secret_password() {
+  $K -n shop get secret orders-db -o jsonpath='{.data.password}' | base64 -d
+}
+start=$(date +%s%N)
+run $K -n shop annotate rotsec orders-db rotor.dev/rotate-now=demo-pg >/dev/null
+until [ -n "$(orders_rolled)" ]; do sleep 0.2; done
+echo "createSecret, setSecret, testSecret, finishSecret ran; Secret rewritten and orders-api restarted in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+$AWS versions shop/orders-db
+echo "  orders-api restarted for: $(orders_rolled)"
+printf '  the new password from the Secret logs in as: '
+pg orders_app "$(secret_password)" "SELECT current_user"
+printf '  the first password: '
+if pg orders_app first-Pw-from-the-demo "SELECT 1" >/dev/null 2>&1; then echo "still works (unexpected)"; exit 1; else echo "refused"; fi
 
 say "Events"
 $K -n shop get events.events.k8s.io --sort-by=.metadata.creationTimestamp \

@@ -23,6 +23,8 @@ cargo nextest run --no-run --lib --bins --tests
 # does not include): unit tests, and its step tests against the test bed's
 # PostgreSQL, MariaDB and moto.
 cargo nextest run --no-run -p rotator --lib --bins --tests
+# The function runs on provided.al2023 (glibc 2.34): no newer symbol versions.
+hack/check-glibc.sh target/debug/bootstrap 2.34
 hack/testbed.sh up
 # The test bed's own helpers: moto patched to AWS's RotateSecret behaviour,
 # and the fault-injecting proxy.
