@@ -301,6 +301,36 @@ impl Env {
         }
     }
 
+    /// Creates `spec` as raw JSON (so even what the Rust type would refuse
+    /// reaches the API server) and expects the schema to refuse it with a 422
+    /// naming `field`; nothing is stored.
+    pub async fn expect_schema_rejection(&self, name: &str, spec: &Value, field: &str) {
+        let obj = json!({"apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
+                         "metadata": {"name": name}, "spec": spec});
+        let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &kube::discovery::ApiResource::erase::<RotatedSecret>(&()),
+        );
+        let raw: kube::core::DynamicObject = serde_json::from_value(obj).unwrap();
+        match api.create(&kube::api::PostParams::default(), &raw).await {
+            Err(kube::Error::Api(ae)) => {
+                assert_eq!(ae.code, 422, "{name}: {ae:?}");
+                assert!(
+                    ae.message.contains(field),
+                    "{name}: {field} not named in {:?}",
+                    ae.message
+                );
+            }
+            Err(other) => panic!("{name}: expected a 422, got {other:?}"),
+            Ok(_) => panic!("{name}: the schema must reject it"),
+        }
+        assert!(
+            self.rs_api().get_opt(name).await.unwrap().is_none(),
+            "{name} not stored"
+        );
+    }
+
     pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> RotatedSecret {
         self.wait_rs(name, &format!("{type_}={status} ({reason})"), |rs| {
             condition(rs, type_).is_some_and(|c| c.status == status && c.reason == reason)

@@ -861,6 +861,22 @@ async fn a_workload_created_after_the_write_is_not_restarted() {
 
 // ---------------------------------------------------------------- 8. events
 
+/// A fresh SQS queue on moto (2 s visibility timeout) and a client for it.
+async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
+    let sqs = sqs();
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-{}", uuid_like()))
+        .attributes(QueueAttributeName::VisibilityTimeout, "2")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+    (sqs, url)
+}
+
 fn sqs() -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -897,17 +913,7 @@ async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
 #[tokio::test]
 async fn an_sqs_event_makes_the_secret_follow_at_once() {
     let mut env = Env::new().await;
-    let sqs = sqs();
-    let url = sqs
-        .create_queue()
-        .queue_name(format!("rotor-follow-{}", uuid_like()))
-        .attributes(QueueAttributeName::VisibilityTimeout, "2")
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned();
+    let (sqs, url) = queue("rotor-follow").await;
     create_workload(&env, Deploy, "web", Uses::Env("db")).await;
     env.start_rotor(&["--events-queue-url", &url]);
     create_rs(&env, "db", "event-pw-1-Ny6", json!({"refreshInterval": "10m"})).await;
@@ -997,17 +1003,7 @@ async fn an_sqs_event_makes_the_secret_follow_at_once() {
 #[tokio::test]
 async fn a_failed_rotation_event_is_reported_until_a_new_version() {
     let mut env = Env::new().await;
-    let sqs = sqs();
-    let url = sqs
-        .create_queue()
-        .queue_name(format!("rotor-failed-{}", uuid_like()))
-        .attributes(QueueAttributeName::VisibilityTimeout, "2")
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned();
+    let (sqs, url) = queue("rotor-failed").await;
     env.start_rotor(&["--events-queue-url", &url]);
     create_rs(&env, "db", "failed-pw-1-Qa3", json!({"refreshInterval": "1s"})).await;
     let rs = env.wait_condition("db", "Ready", "True", "Ready").await;

@@ -9,11 +9,10 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
-use rotor::api::RotatedSecret;
 use serde_json::{Value, json};
 
 use crate::common::{CLUSTER, Env, condition, eventually, testbed};
-use crate::provision::{annotate, apply_ready, check_422, keys_owned_by, merge_spec, rotations};
+use crate::provision::{annotate, apply_ready, keys_owned_by, merge_spec, rotations};
 use crate::proxy::AwsProxy;
 
 const LAMBDA: &str = "arn:aws:lambda:us-east-1:123456789012:function:secret-rotation";
@@ -61,27 +60,6 @@ async fn apply_with(env: &Env, name: &str, spec: &Value, annotations: &Value) {
         )
         .await
         .unwrap_or_else(|e| panic!("{name}: apply: {e}"));
-}
-
-/// Creates a raw object and expects the schema to refuse it.
-async fn expect_schema_rejection(env: &Env, name: &str, spec: &Value, field: &str) {
-    let obj = json!({"apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
-                     "metadata": {"name": name}, "spec": spec});
-    let api: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(
-        env.client.clone(),
-        &env.ns,
-        &kube::discovery::ApiResource::erase::<RotatedSecret>(&()),
-    );
-    let raw: kube::core::DynamicObject = serde_json::from_value(obj).unwrap();
-    let err = api
-        .create(&PostParams::default(), &raw)
-        .await
-        .expect_err(&format!("{name}: the schema must reject it"));
-    check_422(name, field, err);
-    assert!(
-        env.rs_api().get_opt(name).await.unwrap().is_none(),
-        "{name} not stored"
-    );
 }
 
 async fn aws_secret_exists(env: &Env, name: &str) -> bool {
@@ -645,7 +623,7 @@ async fn hostile_and_mistaken_objects_are_contained() {
 
     for (name, spec, annotations, expect) in &rows {
         match expect {
-            Schema(field) => expect_schema_rejection(&env, name, spec, field).await,
+            Schema(field) => env.expect_schema_rejection(name, spec, field).await,
             _ => apply_with(&env, name, spec, annotations).await,
         }
     }
