@@ -37,6 +37,9 @@ CLUSTER_PATTERN = "CLUSTER_NAME/*"
 # match_the_code) and the IAM actions it needs, per the "Required
 # permissions" of each operation's API reference.
 ROTOR_OPERATIONS = {
+    # rotor's own account id, for --allowed-kms-key-accounts; AWS: "No
+    # permissions are required to perform this operation."
+    "sts:GetCallerIdentity": set(),
     "secretsmanager:ListSecrets": {"secretsmanager:ListSecrets"},
     "secretsmanager:DescribeSecret": {"secretsmanager:DescribeSecret"},
     "secretsmanager:GetSecretValue": {"secretsmanager:GetSecretValue", "kms:Decrypt"},
@@ -88,7 +91,7 @@ ROTOR_OPERATIONS = {
 ALLOWED_ACTIONS = set().union(*ROTOR_OPERATIONS.values())
 
 # The Rust SDK client each service is reached through in src/aws/.
-SDK_CLIENTS = {"secrets": "secretsmanager", "kms": "kms", "sqs": "sqs"}
+SDK_CLIENTS = {"secrets": "secretsmanager", "kms": "kms", "sqs": "sqs", "sts": "sts"}
 
 READ_ONLY = {
     "secretsmanager:ListSecrets",
