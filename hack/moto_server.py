@@ -35,6 +35,11 @@ Patched (moto 5.2.1), all in-process before the server starts:
 - `POST /rotor-test/begin-rotation {"SecretId", "ClientRequestToken"}` (test
   only) does what RotateSecret does before it invokes createSecret, so tests
   can drive the steps themselves.
+- `POST /rotor-test/event-queues {"QueueUrl"}` (test only): from then on, each
+  finished rotation attempt of a real function sends the CloudTrail service
+  event AWS logs for it (`RotationFailed` after a failed attempt,
+  `RotationSucceeded` after the last step), shaped as EventBridge delivers it,
+  to that moto SQS queue: what a user's EventBridge rule would route to rotor.
 
 Still not AWS: ARNs naming no moto function (or another runtime) get a
 simulated, synchronous rotation by a well-behaved function, in-process;
@@ -185,6 +190,7 @@ INIT_SECONDS = 10.0  # Lambda's init phase limit
 
 _WORKDIR = tempfile.mkdtemp(prefix="rotor-moto-lambda-")
 _MOTO_URL: dict[str, str] = {}
+_EVENT_QUEUES: list[str] = []
 _INVOCATIONS: list[dict[str, Any]] = []
 _RUNTIMES: dict[str, "_Runtime"] = {}
 _LOCK = threading.Lock()
@@ -436,9 +442,43 @@ def _run_rotation(secret: FakeSecret, token: str, fn: LambdaFunction) -> None:
         if failed is None:
             secret.last_rotation_date = int(time.time())
             secret.rotor_rotations = getattr(secret, "rotor_rotations", 0) + 1
+            _publish_rotation_event("RotationSucceeded", secret.arn)
             return
+        _publish_rotation_event("RotationFailed", secret.arn)
         if attempt < ROTATION_ATTEMPTS:
             time.sleep(ROTATION_RETRY_SECONDS)
+
+
+def _publish_rotation_event(name: str, arn: str) -> None:
+    """Sends the service event AWS logs for a rotation attempt to the test
+    queues, as an EventBridge rule on aws.secretsmanager would deliver it."""
+    with _LOCK:
+        queues = list(_EVENT_QUEUES)
+    if not queues or "url" not in _MOTO_URL:
+        return
+    import boto3  # moto's own dependency
+
+    region, account = arn.split(":")[3], arn.split(":")[4]
+    event = {
+        "version": "0", "id": str(uuid.uuid4()),
+        "detail-type": "AWS Service Event via CloudTrail", "source": "aws.secretsmanager",
+        "account": account, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region, "resources": [],
+        "detail": {
+            "eventVersion": "1.08", "eventSource": "secretsmanager.amazonaws.com", "eventName": name,
+            "awsRegion": region, "eventType": "AwsServiceEvent", "readOnly": False,
+            "additionalEventData": {"SecretId": arn},
+        },
+    }
+    sqs = boto3.client(
+        "sqs", endpoint_url=_MOTO_URL["url"], region_name=region,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    for url in queues:
+        try:
+            sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
+        except Exception as e:  # a queue a finished test deleted
+            print(f"moto_server: event to {url} not sent: {type(e).__name__}", file=sys.stderr)
 
 
 def rotate_secret(
@@ -627,9 +667,14 @@ def dispatch(self: DomainDispatcherApplication, environ: dict[str, Any], start_r
             return _reply(start_response, "200 OK", _begin_rotation_for_tests(_json_body(environ)))
         except KeyError as e:
             return _reply(start_response, "404 Not Found", {"error": f"not found: {e}"})
+    if path == "/rotor-test/event-queues" and method == "POST":
+        with _LOCK:
+            _EVENT_QUEUES.append(_json_body(environ)["QueueUrl"])
+        return _reply(start_response, "200 OK", {})
     if path == "/moto-api/reset" and method == "POST":
         with _LOCK:
             _INVOCATIONS.clear()
+            _EVENT_QUEUES.clear()
             runtimes = list(_RUNTIMES.values())
             _RUNTIMES.clear()
         for rt in runtimes:

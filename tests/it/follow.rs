@@ -862,7 +862,7 @@ async fn a_workload_created_after_the_write_is_not_restarted() {
 // ---------------------------------------------------------------- 8. events
 
 /// A fresh SQS queue on moto (2 s visibility timeout) and a client for it.
-async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
+pub(crate) async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
     let sqs = sqs();
     let url = sqs
         .create_queue()

@@ -570,7 +570,18 @@ impl Chain {
                 .expect("create the master secret");
             template["masterarn"] = json!(master.arn().unwrap());
         }
-        env.start_rotor(&[]);
+        // Secrets Manager's rotation events, as an EventBridge rule would
+        // route them: moto sends them to this queue, rotor reads it.
+        let (_, queue) = crate::follow::queue("rotor-chain").await;
+        let registered = std::process::Command::new("curl")
+            .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json"])
+            .arg("--data")
+            .arg(json!({"QueueUrl": queue}).to_string())
+            .arg(format!("{}/rotor-test/event-queues", testbed().aws_endpoint))
+            .status()
+            .expect("curl");
+        assert!(registered.success(), "POST /rotor-test/event-queues");
+        env.start_rotor(&["--events-queue-url", &queue]);
         env.rotor.as_ref().unwrap().wait_ready().await;
         let deploy = "app".to_owned();
         create_consumer(&env, &deploy, &rs).await;
@@ -1356,7 +1367,6 @@ async fn set_secret_refused_by_the_database() {
     assert_eq!(consumer_state(&c.env, &c.deploy, &c.rs).await.0, gen0, "no roll");
     let rs = c.env.rs_api().get(&c.rs).await.unwrap();
     assert!(cond_true(&rs, "Synced"), "Synced stays True");
-    let rc = condition(&rs, "RotationConfigured").cloned();
     let reasons: Vec<String> = c
         .env
         .events()
@@ -1364,13 +1374,14 @@ async fn set_secret_refused_by_the_database() {
         .into_iter()
         .filter_map(|e| e.reason)
         .collect();
-    // What rotor shows today (see the report in BENCHMARKS.md): nothing
-    // about the failed rotation until AWSPENDING is older than the rotation
-    // window (a day without one), when it reports RotationStuck.
-    eprintln!(
-        "fault: RotationConfigured = {:?}; events: {reasons:?}",
-        rc.as_ref().map(|c| (&c.status, &c.reason, &c.message))
-    );
+    // Secrets Manager's RotationFailed event (sent by moto to rotor's queue)
+    // makes rotor say so on the object, while the mirror goes on.
+    let rs = c
+        .env
+        .wait_condition(&c.rs, "RotationConfigured", "False", "RotationFailed")
+        .await;
+    assert_eq!(condition(&rs, "Ready").unwrap().status, "False");
+    assert!(cond_true(&rs, "Synced"), "Synced stays True");
     assert!(!reasons.iter().any(|r| r == "RolledOut"), "nothing rolled");
 
     // A new rotate-now while AWSPENDING sits on another version: RotateSecret
@@ -1430,5 +1441,11 @@ async fn set_secret_refused_by_the_database() {
         consumer_state(&c.env, &c.deploy, &c.rs).await.0 - gen0,
         1,
         "one roll in all"
+    );
+    // The rotation that succeeded clears the report.
+    let rs = c.env.wait_condition(&c.rs, "Ready", "True", "Ready").await;
+    assert_ne!(
+        condition(&rs, "RotationConfigured").unwrap().reason,
+        "RotationFailed"
     );
 }
