@@ -859,13 +859,20 @@ async fn stages(run: &mut Run<'_>) -> Result<(), (Stage, Error)> {
         failed.push((stage, err));
     };
 
-    let valid = match validate::validate(&rs.spec).and_then(|()| context_problems(run)) {
-        Ok(()) => true,
-        Err(problems) if known && !validate::blocks_mirror(&rs.spec) => {
+    let mut problems = validate::validate(&rs.spec).err().unwrap_or_default();
+    problems.extend(context_problems(run).err().unwrap_or_default());
+    problems.extend(
+        provision::replica_key_problems(run)
+            .await
+            .map_err(|e| (Stage::Spec, e))?,
+    );
+    let valid = match problems {
+        problems if problems.is_empty() => true,
+        problems if known && !validate::blocks_mirror(&rs.spec) => {
             fail(run, &mut failed, Stage::Spec, Error::InvalidSpec(problems));
             false
         }
-        Err(problems) => return Err((Stage::Spec, Error::InvalidSpec(problems))),
+        problems => return Err((Stage::Spec, Error::InvalidSpec(problems))),
     };
     let converge = valid && run.ctx.needs_converge(rs);
 

@@ -18,6 +18,35 @@ use crate::aws::secrets::{Description, NewSecret, RotationRequest};
 use crate::aws::{RegionClients, initial};
 use crate::{Error, Result};
 
+/// Replica keys given as ARNs must be in an allowed account too (key ids and
+/// aliases name keys of rotor's own account in the replica's region). Checked
+/// with the spec, before CreateSecret, which takes replicas at once.
+pub async fn replica_key_problems(run: &Run<'_>) -> Result<Vec<String>> {
+    let arns: Vec<(&str, &str)> = run
+        .rs
+        .spec
+        .secrets_manager
+        .replica_regions
+        .iter()
+        .filter_map(|r| Some((r.region.as_str(), r.kms_key_id.as_deref()?)))
+        .filter(|(_, k)| k.starts_with("arn:"))
+        .collect();
+    if arns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let account = run.ctx.aws.account().await?;
+    Ok(arns
+        .into_iter()
+        .filter(|(_, key)| !key_account_allowed(key, &account, &run.ctx.allowed_kms_key_accounts))
+        .map(|(region, key)| {
+            format!(
+                "secretsManager.replicaRegions[{region}].kmsKeyId {key} is not in rotor's account {account} nor \
+                 in --allowed-kms-key-accounts"
+            )
+        })
+        .collect())
+}
+
 /// Whether a key (by its ARN) is in rotor's own account or one the operator
 /// allows. A key ARN that does not parse is not allowed.
 fn key_account_allowed(key_arn: &str, own: &str, allowed: &[String]) -> bool {

@@ -430,6 +430,16 @@ async fn hostile_and_mistaken_objects_are_contained() {
             Refused("Ready", "InvalidSpec"),
         ),
         (
+            "r-replica-key-foreign".into(),
+            spec(
+                "r-replica-key-foreign",
+                json!({"secretsManager": {"replicaRegions": [{"region": "us-west-2",
+                    "kmsKeyId": "arn:aws:kms:us-west-2:999999999999:key/1234abcd-12ab-34cd-56ef-1234567890ab"}]}}),
+            ),
+            none.clone(),
+            Refused("Ready", "InvalidSpec"),
+        ),
+        (
             "r-replica-home".into(),
             spec(
                 "r-replica-home",
