@@ -70,6 +70,15 @@ fn problem(key: &str, what: impl Into<String>) -> TemplateError {
 /// syntax. Syntax errors keep minijinja's detail, which can only quote the
 /// template itself (the tenant's own spec), never a secret.
 pub fn check(key: &str, source: &str) -> Result<(), TemplateError> {
+    check_unsafe(key, source)?;
+    sandbox()
+        .template_from_str(source)
+        .map(drop)
+        .map_err(|e| syntax_error(key, &e))
+}
+
+/// The checks that need no parsing: size and the `*` operator.
+fn check_unsafe(key: &str, source: &str) -> Result<(), TemplateError> {
     if source.len() > MAX_SOURCE {
         return Err(problem(
             key,
@@ -85,19 +94,21 @@ pub fn check(key: &str, source: &str) -> Result<(), TemplateError> {
             )
         });
     }
-    let env = sandbox();
-    env.template_from_str(source).map(drop).map_err(|e| {
-        let mut what = e.kind().to_string();
-        if let Some(detail) = e.detail() {
-            what.push_str(": ");
-            what.push_str(detail);
-        }
-        crate::api::conditions::truncate(&mut what, 200);
-        TemplateError {
-            line: e.line(),
-            ..problem(key, what)
-        }
-    })
+    Ok(())
+}
+
+/// A syntax error: minijinja's detail can only quote the template itself.
+fn syntax_error(key: &str, e: &minijinja::Error) -> TemplateError {
+    let mut what = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        what.push_str(": ");
+        what.push_str(detail);
+    }
+    crate::api::conditions::truncate(&mut what, 200);
+    TemplateError {
+        line: e.line(),
+        ..problem(key, what)
+    }
 }
 
 /// Renders every template over the secret's top-level fields.
@@ -110,10 +121,9 @@ pub fn render(
     let mut out = BTreeMap::new();
     let mut total = 0usize;
     for (key, source) in templates {
-        check(key, source)?;
-        let template = env
-            .template_from_str(source)
-            .map_err(|e| render_error(key, &e, false))?;
+        // Parsed once: here, before any value is involved.
+        check_unsafe(key, source)?;
+        let template = env.template_from_str(source).map_err(|e| syntax_error(key, &e))?;
         let mut writer = Capped {
             buf: Vec::new(),
             limit: MAX_OUTPUT_PER_KEY.min(MAX_OUTPUT_TOTAL - total),

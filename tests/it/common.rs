@@ -58,6 +58,56 @@ pub async fn client_from(path: &Path) -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// An SQS client for the test bed's moto.
+pub fn sqs() -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new(REGION))
+        .endpoint_url(&testbed().aws_endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// A fresh SQS queue whose messages come back after 2 s if not deleted, and
+/// a client for it.
+pub async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
+    let sqs = sqs();
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-{}", uuid_like()))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+    (sqs, url)
+}
+
+/// Messages in a queue, visible or in flight.
+pub async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    [
+        aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+        aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    .sum()
+}
+
 pub fn secrets_manager(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     let conf = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())

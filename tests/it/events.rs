@@ -5,59 +5,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sqs::types::QueueAttributeName;
 use rotor::aws::events::{SecretChange, consume};
 use rotor::telemetry::Metrics;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::common::{REGION, eventually, testbed, uuid_like};
+use crate::common::{REGION, eventually, queue, queued_messages, sqs, testbed, uuid_like};
 
 const ACCOUNT: &str = "123456789012";
 const FAKE_SECRET: &str = "hunter2-DoNotLeakMe";
-
-fn sqs() -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(&testbed().aws_endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
-}
-
-/// A fresh queue whose messages come back after 2 s if not deleted.
-async fn queue(sqs: &aws_sdk_sqs::Client) -> String {
-    sqs.create_queue()
-        .queue_name(format!("rotor-events-{}", uuid_like()))
-        .attributes(QueueAttributeName::VisibilityTimeout, "2")
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned()
-}
-
-async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("queue attributes");
-    let attrs = out.attributes().expect("attributes");
-    [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-    .sum()
-}
 
 fn secret_arn(name: &str) -> String {
     format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbC123")
@@ -65,8 +21,7 @@ fn secret_arn(name: &str) -> String {
 
 #[tokio::test]
 async fn consumes_changes_and_deletes_every_message() {
-    let sqs = sqs();
-    let url = queue(&sqs).await;
+    let (sqs, url) = queue("rotor-events").await;
     let put_arn = secret_arn("it/put");
     let rotated_arn = secret_arn("it/rotated");
 

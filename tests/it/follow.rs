@@ -13,8 +13,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sqs::types::QueueAttributeName;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -24,7 +22,7 @@ use rotor::api::{RotatedSecret, WorkloadKind};
 use rotor::k8s::rollout::annotation_key;
 use serde_json::{Value, json};
 
-use crate::common::{Env, REGION, condition, eventually, testbed, uuid_like};
+use crate::common::{Env, REGION, condition, eventually, queue, queued_messages, testbed, uuid_like};
 use crate::proxy::AwsProxy;
 
 use WorkloadKind::{DaemonSet as Ds, Deployment as Deploy, StatefulSet as Sts};
@@ -860,51 +858,6 @@ async fn a_workload_created_after_the_write_is_not_restarted() {
 }
 
 // ---------------------------------------------------------------- 8. events
-
-/// A fresh SQS queue on moto (2 s visibility timeout) and a client for it.
-pub(crate) async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
-    let sqs = sqs();
-    let url = sqs
-        .create_queue()
-        .queue_name(format!("{prefix}-{}", uuid_like()))
-        .attributes(QueueAttributeName::VisibilityTimeout, "2")
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned();
-    (sqs, url)
-}
-
-fn sqs() -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(&testbed().aws_endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
-}
-
-async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("queue attributes");
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-    .sum()
-}
 
 /// With a 10-minute refreshInterval the sweep cannot be what notices: a
 /// rotation without an event stays unnoticed, and an EventBridge event on a

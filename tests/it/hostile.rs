@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::common::{CLUSTER, Env, condition, eventually, testbed};
-use crate::provision::{annotate, apply_ready, keys_owned_by, merge_spec, rotations};
+use crate::provision::{annotate, apply_ready, describe_error, keys_owned_by, merge_spec, rotations};
 use crate::proxy::AwsProxy;
 
 const LAMBDA: &str = "arn:aws:lambda:us-east-1:123456789012:function:secret-rotation";
@@ -63,16 +62,10 @@ async fn apply_with(env: &Env, name: &str, spec: &Value, annotations: &Value) {
 }
 
 async fn aws_secret_exists(env: &Env, name: &str) -> bool {
-    match env
-        .sm
-        .describe_secret()
-        .secret_id(env.aws_name(name))
-        .send()
-        .await
-    {
-        Ok(_) => true,
-        Err(e) if e.code() == Some("ResourceNotFoundException") => false,
-        Err(e) => panic!("{name}: describe: {e:?}"),
+    match describe_error(env, name).await.as_deref() {
+        None => true,
+        Some("ResourceNotFoundException") => false,
+        Some(code) => panic!("{name}: describe: {code}"),
     }
 }
 
@@ -428,6 +421,27 @@ async fn hostile_and_mistaken_objects_are_contained() {
             ),
             none.clone(),
             Refused("Ready", "InvalidSpec"),
+        ),
+        (
+            "s-allow-key-removal".into(),
+            spec(
+                "s-allow-key-removal",
+                json!({"target": {"allowKeyRemoval": "yes"}}),
+            ),
+            none.clone(),
+            Schema("spec.target.allowKeyRemoval"),
+        ),
+        (
+            "s-type-empty".into(),
+            spec("s-type-empty", json!({"target": {"type": ""}})),
+            none.clone(),
+            Schema("spec.target.type"),
+        ),
+        (
+            "w-rotate-now-empty".into(),
+            spec("w-rotate-now-empty", rotation.clone()),
+            json!({"rotor.dev/rotate-now": ""}),
+            Mirrored("RotationConfigured", "InvalidRotateNowToken"),
         ),
         (
             "r-replica-key-foreign".into(),

@@ -78,7 +78,7 @@ pub(crate) async fn describe(env: &Env, name: &str) -> DescribeSecretOutput {
 }
 
 /// DescribeSecret's error code, `None` when the secret exists.
-async fn describe_error(env: &Env, name: &str) -> Option<String> {
+pub(crate) async fn describe_error(env: &Env, name: &str) -> Option<String> {
     match env
         .sm
         .describe_secret()

@@ -572,7 +572,7 @@ impl Chain {
         }
         // Secrets Manager's rotation events, as an EventBridge rule would
         // route them: moto sends them to this queue, rotor reads it.
-        let (_, queue) = crate::follow::queue("rotor-chain").await;
+        let (_, queue) = crate::common::queue("rotor-chain").await;
         let registered = std::process::Command::new("curl")
             .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json"])
             .arg("--data")
