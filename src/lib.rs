@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod k8s;
@@ -38,9 +39,6 @@ pub enum Error {
     #[error("{0}")]
     NotReady(&'static str),
 
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-
     /// The reconcile panicked: a bug in rotor, contained to this object.
     #[error(
         "rotor hit an internal error while reconciling this object (a bug: please report it with rotor's log); \
@@ -60,7 +58,6 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Refused { .. } => "refused",
             Error::Render { .. } => "render",
-            Error::Finalizer(_) => "finalizer",
             Error::NotReady(_) => "not_ready",
             Error::Panic => "panic",
         }
@@ -74,7 +71,6 @@ impl Error {
             Error::Kube(_) => "KubernetesError",
             Error::Refused { reason, .. } => reason,
             Error::Render { .. } => "RenderError",
-            Error::Finalizer(_) => "FinalizerError",
             Error::NotReady(_) => "NotReady",
             Error::Panic => "InternalError",
         }
@@ -85,7 +81,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Aws(e) => e.kind.is_transient(),
-            Error::Kube(_) | Error::Finalizer(_) | Error::NotReady(_) | Error::Panic => true,
+            Error::Kube(_) | Error::NotReady(_) | Error::Panic => true,
             Error::InvalidSpec(_) | Error::Refused { .. } | Error::Render { .. } => false,
         }
     }

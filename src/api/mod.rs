@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod initial;
 pub mod schedule;
 pub mod validate;
 

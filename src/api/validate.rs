@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{OWNER_TAG, RolloutMode, RotatedSecretSpec, duration, schedule};
+use super::{OWNER_TAG, RolloutMode, RotatedSecretSpec, duration, initial, schedule};
 
 /// Secret data keys: alphanumerics, `-`, `_` and `.` (Kubernetes' rule).
 pub fn is_valid_data_key(key: &str) -> bool {
@@ -77,7 +77,7 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
 
     if let Some(init) = &sm.initial_value {
         for g in &init.generate {
-            if let Err(e) = crate::aws::initial::check(g) {
+            if let Err(e) = initial::check(g) {
                 problems.push(e);
             }
         }

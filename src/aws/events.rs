@@ -48,15 +48,19 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::arn::Arn;
 use super::{Aws, counted};
+use crate::backoff::Backoff;
 use crate::telemetry::Metrics;
 
 /// Long-poll wait of each ReceiveMessage (the SQS maximum).
 pub const WAIT_TIME_SECONDS: i32 = 20;
 /// Messages per ReceiveMessage (the SQS maximum, also the batch-delete maximum).
 pub const MAX_MESSAGES: i32 = 10;
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
 /// Secrets Manager ARNs and names are far shorter; anything longer is not one.
 const MAX_SECRET_ID_LEN: usize = 2048;
 
@@ -98,44 +102,7 @@ impl SecretChange {
         if arn == Some(change_arn) {
             return true;
         }
-        let Some(parts) = SecretArn::parse(change_arn) else {
-            return false;
-        };
-        parts.region == region && parts.name_matches(name)
-    }
-}
-
-/// The pieces of `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-SUFFIX`.
-struct SecretArn<'a> {
-    region: &'a str,
-    /// Everything after `secret:`: the name plus, in full ARNs, `-` and six
-    /// random characters.
-    resource: &'a str,
-}
-
-impl<'a> SecretArn<'a> {
-    fn parse(arn: &'a str) -> Option<Self> {
-        let mut it = arn.splitn(6, ':');
-        let (Some("arn"), Some(_partition), Some("secretsmanager"), Some(region), Some(_account)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            return None;
-        };
-        let resource = it.next()?.strip_prefix("secret:")?;
-        (!region.is_empty() && !resource.is_empty()).then_some(Self { region, resource })
-    }
-
-    fn name_matches(&self, name: &str) -> bool {
-        if self.resource == name {
-            return true; // a partial ARN
-        }
-        // Full ARN: NAME + "-" + 6 random alphanumerics.
-        self.resource.len() == name.len() + 7
-            && self.resource.starts_with(name)
-            && self.resource.as_bytes()[name.len()] == b'-'
-            && self.resource.as_bytes()[name.len() + 1..]
-                .iter()
-                .all(u8::is_ascii_alphanumeric)
+        Arn::secret(change_arn).is_some_and(|a| a.region == region && a.names(name))
     }
 }
 
@@ -328,7 +295,7 @@ fn resource_arn(event: &Value) -> Option<&str> {
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
-        .find(|r| SecretArn::parse(r).is_some())
+        .find(|r| Arn::secret(r).is_some())
 }
 
 fn change(
@@ -343,7 +310,7 @@ fn change(
     }
     // The ARN names the secret's own region; the event's region is where the
     // call was made, the same for a call by name.
-    let region = SecretArn::parse(id)
+    let region = Arn::secret(id)
         .map(|a| a.region)
         .or_else(|| str_at(event, &["region"]))
         .or_else(|| str_at(detail, &["awsRegion"]))
@@ -399,29 +366,6 @@ impl Aws {
     }
 }
 
-/// Exponential backoff with jitter: each delay is drawn from the upper half of
-/// a window that doubles from `BACKOFF_MIN` up to `BACKOFF_MAX`.
-struct Backoff {
-    window: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self { window: BACKOFF_MIN }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        use rand::Rng;
-        let window = self.window;
-        self.window = (self.window * 2).min(BACKOFF_MAX);
-        window.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.window = BACKOFF_MIN;
-    }
-}
-
 /// Consumes the events queue until `tx` is closed.
 ///
 /// Long-polls ReceiveMessage (20 s, 10 messages), sends each change to `tx`
@@ -445,7 +389,7 @@ pub async fn consume(
     metrics: Arc<Metrics>,
 ) {
     tracing::info!("consuming Secrets Manager events from SQS");
-    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
     loop {
         let receive = sqs
             .receive_message()
@@ -459,11 +403,12 @@ pub async fn consume(
         };
         let messages = match received {
             Ok(out) => {
-                backoff.reset();
+                failures = 0;
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                failures = failures.saturating_add(1);
+                let delay = BACKOFF.delay(failures, Duration::MAX);
                 tracing::warn!(error = %e, retry_in = ?delay, "receiving Secrets Manager events failed");
                 tokio::select! {
                     _ = tx.closed() => break,
@@ -968,19 +913,5 @@ mod tests {
         assert_eq!(queue_region("http://127.0.0.1:5000/123456789012/rotor"), None);
         assert_eq!(queue_region("http://localhost:4566/000000000000/q"), None);
         assert_eq!(queue_region("not a url"), None);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new();
-        let mut upper = BACKOFF_MIN;
-        for _ in 0..10 {
-            let d = b.next_delay();
-            assert!(d >= upper / 2 && d <= upper, "{d:?} outside {upper:?}");
-            upper = (upper * 2).min(BACKOFF_MAX);
-        }
-        assert_eq!(b.window, BACKOFF_MAX);
-        b.reset();
-        assert!(b.next_delay() <= BACKOFF_MIN);
     }
 }

@@ -3,8 +3,9 @@
 //! checking it (and moto's KMS does not enforce key state), so rotor checks
 //! the key itself with DescribeKey before using it.
 
-use aws_sdk_kms::types::{KeySpec, KeyUsageType, Tag};
+use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, Tag};
 
+use super::arn::Arn;
 use super::{Aws, AwsError, AwsErrorKind, RegionClients};
 use crate::api::OWNER_TAG;
 
@@ -13,29 +14,72 @@ use crate::api::OWNER_TAG;
 pub struct KeyInfo {
     pub arn: String,
     pub key_id: String,
-    pub state: String,
-    pub spec: String,
-    pub usage: String,
+    /// `None` when KMS did not say (treated as unusable).
+    pub state: Option<KeyState>,
+    pub spec: Option<KeySpec>,
+    pub usage: Option<KeyUsageType>,
 }
 
 impl KeyInfo {
     /// Why this key cannot encrypt a secret, if it cannot.
     pub fn unusable_reason(&self) -> Option<String> {
-        if self.state != "Enabled" {
-            let hint = match self.state.as_str() {
-                "Disabled" => "enable it (aws kms enable-key)",
-                "PendingDeletion" => "cancel its deletion (aws kms cancel-key-deletion), then enable it",
+        let name = |s: Option<&str>| s.unwrap_or("unknown").to_owned();
+        if self.state != Some(KeyState::Enabled) {
+            let hint = match self.state {
+                Some(KeyState::Disabled) => "enable it (aws kms enable-key)",
+                Some(KeyState::PendingDeletion) => {
+                    "cancel its deletion (aws kms cancel-key-deletion), then enable it"
+                }
                 _ => "choose an enabled key",
             };
-            return Some(format!("KMS key {} is {}: {hint}", self.arn, self.state));
+            let state = name(self.state.as_ref().map(KeyState::as_str));
+            return Some(format!("KMS key {} is {state}: {hint}", self.arn));
         }
-        if self.spec != "SYMMETRIC_DEFAULT" || self.usage != "ENCRYPT_DECRYPT" {
+        if self.spec != Some(KeySpec::SymmetricDefault) || self.usage != Some(KeyUsageType::EncryptDecrypt) {
             return Some(format!(
                 "KMS key {} is {} for {}; Secrets Manager needs a SYMMETRIC_DEFAULT key for ENCRYPT_DECRYPT",
-                self.arn, self.spec, self.usage
+                self.arn,
+                name(self.spec.as_ref().map(KeySpec::as_str)),
+                name(self.usage.as_ref().map(KeyUsageType::as_str)),
             ));
         }
         None
+    }
+
+    /// Whether `reported`, a KmsKeyId as Secrets Manager reports it (as it
+    /// was set: key id, key ARN, alias name or alias ARN), names this key.
+    /// `alias` is the alias that resolves to it (`alias/...`), if known.
+    /// The one place that answers this: convergence, drift and cleanup agree.
+    pub fn named_by(&self, reported: &str, alias: Option<&str>) -> bool {
+        names_key(reported, &self.arn, alias)
+    }
+
+    /// The account the key belongs to, from its ARN.
+    pub fn account(&self) -> Option<&str> {
+        Arn::parse(&self.arn).map(|a| a.account).filter(|a| !a.is_empty())
+    }
+}
+
+/// [`KeyInfo::named_by`] when only the key's ARN is known (status.kmsKeyArn).
+pub fn names_key(reported: &str, key_arn: &str, alias: Option<&str>) -> bool {
+    if reported == key_arn {
+        return true;
+    }
+    let Some(key) = Arn::parse(key_arn) else {
+        return false;
+    };
+    let key_id = key.resource.strip_prefix("key/");
+    let alias = alias.filter(|a| a.starts_with("alias/"));
+    match Arn::parse(reported) {
+        // An ARN: of the same key, or of the alias, in the key's region and account.
+        Some(r) => {
+            r.service == "kms"
+                && r.region == key.region
+                && r.account == key.account
+                && (Some(r.resource) == alias
+                    || r.resource.strip_prefix("key/") == key_id && key_id.is_some())
+        }
+        None => Some(reported) == key_id || Some(reported) == alias,
     }
 }
 
@@ -43,9 +87,9 @@ fn key_info(m: &aws_sdk_kms::types::KeyMetadata) -> KeyInfo {
     KeyInfo {
         arn: m.arn().unwrap_or_default().to_owned(),
         key_id: m.key_id().to_owned(),
-        state: m.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        spec: m.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        usage: m.key_usage().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        state: m.key_state().cloned(),
+        spec: m.key_spec().cloned(),
+        usage: m.key_usage().cloned(),
     }
 }
 
@@ -157,9 +201,9 @@ impl Aws {
         Ok(KeyInfo {
             arn: m.arn().unwrap_or_default().to_owned(),
             key_id: m.key_id().to_owned(),
-            state: m.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            spec: "SYMMETRIC_DEFAULT".to_owned(),
-            usage: "ENCRYPT_DECRYPT".to_owned(),
+            state: m.key_state().cloned(),
+            spec: Some(KeySpec::SymmetricDefault),
+            usage: Some(KeyUsageType::EncryptDecrypt),
         })
     }
 
@@ -249,10 +293,50 @@ mod tests {
         KeyInfo {
             arn: "arn:aws:kms:us-east-1:1:key/k".into(),
             key_id: "k".into(),
-            state: state.into(),
-            spec: spec.into(),
-            usage: usage.into(),
+            state: Some(state.into()),
+            spec: Some(spec.into()),
+            usage: Some(usage.into()),
         }
+    }
+
+    #[test]
+    fn a_key_is_named_by_every_form_aws_reports() {
+        let key = key("Enabled", "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT");
+        let key = KeyInfo {
+            arn: "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab".into(),
+            key_id: "1234abcd-12ab".into(),
+            ..key
+        };
+        let alias = Some("alias/app");
+        for same in [
+            "1234abcd-12ab",
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab",
+            "alias/app",
+            "arn:aws:kms:us-east-1:111122223333:alias/app",
+        ] {
+            assert!(key.named_by(same, alias), "{same}");
+        }
+        for other in [
+            "",
+            "1234abcd",
+            "key/1234abcd-12ab",
+            "alias/other",
+            "alias/aws/secretsmanager",
+            "arn:aws:kms:us-east-1:111122223333:key/other",
+            "arn:aws:kms:us-east-1:111122223333:alias/other",
+            // Same names, another account or region: another key.
+            "arn:aws:kms:us-east-1:444455556666:key/1234abcd-12ab",
+            "arn:aws:kms:eu-west-1:111122223333:alias/app",
+            "arn:aws:secretsmanager:us-east-1:111122223333:key/1234abcd-12ab",
+        ] {
+            assert!(!key.named_by(other, alias), "{other}");
+        }
+        // Without a known alias, alias forms never match.
+        assert!(!key.named_by("alias/app", None));
+        assert!(!key.named_by("arn:aws:kms:us-east-1:111122223333:alias/app", None));
+        assert!(names_key("1234abcd-12ab", &key.arn, None));
+        assert!(!names_key("x", "not an arn", None));
+        assert_eq!(key.account(), Some("111122223333"));
     }
 
     #[test]

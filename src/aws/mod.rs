@@ -1,8 +1,8 @@
 //! AWS clients (one per region, from the SDK's standard credential chain) and
 //! the classification of AWS errors into what reconcile can act on.
 
+pub mod arn;
 pub mod events;
-pub mod initial;
 pub mod kms;
 pub mod ratelimit;
 pub mod secrets;
@@ -286,10 +286,6 @@ impl Aws {
             _ => rc.writes.succeeded(),
         }
         res
-    }
-
-    pub fn sdk_config(&self) -> &SdkConfig {
-        &self.base
     }
 }
 

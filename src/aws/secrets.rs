@@ -14,9 +14,10 @@ use crate::redact::Sensitive;
 pub const AWSCURRENT: &str = "AWSCURRENT";
 pub const AWSPENDING: &str = "AWSPENDING";
 
-/// What DescribeSecret says about a secret; no secret material.
+/// What rotor knows about a secret's metadata, from DescribeSecret or a
+/// ListSecrets entry; no secret material.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Description {
+pub struct SecretMeta {
     pub arn: String,
     pub name: String,
     pub tags: BTreeMap<String, String>,
@@ -32,14 +33,15 @@ pub struct Description {
     pub rotation_window: Option<String>,
     pub last_rotated: Option<String>,
     pub next_rotation: Option<String>,
-    /// Replica regions and their KMS keys.
-    pub replicas: BTreeMap<String, Option<String>>,
+    /// Replica regions and their KMS keys; `None` where the source does not
+    /// say (ListSecrets), so nothing is decided about replicas from it.
+    pub replicas: Option<BTreeMap<String, Option<String>>>,
     /// VersionId carrying AWSPENDING, when it is not also AWSCURRENT: a
     /// rotation in progress (or stuck).
     pub pending_version: Option<String>,
 }
 
-impl Description {
+impl SecretMeta {
     pub fn owner(&self) -> Option<&str> {
         self.tags.get(OWNER_TAG).map(String::as_str)
     }
@@ -68,7 +70,7 @@ impl Aws {
         &self,
         rc: &RegionClients,
         id: &str,
-    ) -> Result<Option<Description>, AwsError> {
+    ) -> Result<Option<SecretMeta>, AwsError> {
         let out = match self
             .call(
                 "DescribeSecret",
@@ -83,7 +85,7 @@ impl Aws {
         let current_version = version_with(out.version_ids_to_stages(), AWSCURRENT);
         let pending_version = version_with(out.version_ids_to_stages(), AWSPENDING);
         let rules = out.rotation_rules();
-        Ok(Some(Description {
+        Ok(Some(SecretMeta {
             arn: out.arn().unwrap_or_default().to_owned(),
             name: out.name().unwrap_or_default().to_owned(),
             tags: out
@@ -101,11 +103,12 @@ impl Aws {
             rotation_window: rules.and_then(|r| r.duration()).map(str::to_owned),
             last_rotated: timestamp(out.last_rotated_date()),
             next_rotation: timestamp(out.next_rotation_date()),
-            replicas: out
-                .replication_status()
-                .iter()
-                .filter_map(|r| Some((r.region()?.to_owned(), r.kms_key_id().map(str::to_owned))))
-                .collect(),
+            replicas: Some(
+                out.replication_status()
+                    .iter()
+                    .filter_map(|r| Some((r.region()?.to_owned(), r.kms_key_id().map(str::to_owned))))
+                    .collect(),
+            ),
             pending_version,
         }))
     }
@@ -177,28 +180,6 @@ pub struct RotationRequest<'a> {
     /// and makes a retry harmless. A configuration-only call gets the SDK's
     /// fresh token, so no token is ever reused for different requests.
     pub request_token: Option<&'a str>,
-}
-
-/// One secret as ListSecrets returns it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Listed {
-    pub arn: String,
-    pub name: String,
-    pub owner: Option<String>,
-    pub kms_key_id: Option<String>,
-    pub current_version: Option<String>,
-    pub description: Option<String>,
-    pub tags: BTreeMap<String, String>,
-    pub rotation_enabled: bool,
-    pub rotation_lambda_arn: Option<String>,
-    pub schedule_expression: Option<String>,
-    pub rotation_window: Option<String>,
-    /// Scheduled for deletion.
-    pub deleted: bool,
-    pub last_rotated: Option<String>,
-    pub next_rotation: Option<String>,
-    /// VersionId carrying AWSPENDING without AWSCURRENT: a rotation in progress.
-    pub pending_version: Option<String>,
 }
 
 /// The version carrying `stage`, and for AWSPENDING only one that is not
@@ -510,7 +491,7 @@ impl Aws {
         &self,
         rc: &RegionClients,
         owner_prefix: Option<&str>,
-    ) -> Result<Vec<Listed>, AwsError> {
+    ) -> Result<Vec<SecretMeta>, AwsError> {
         let mut filters = vec![
             Filter::builder()
                 .key(FilterNameStringType::TagKey)
@@ -530,11 +511,11 @@ impl Aws {
 
     /// Every secret in the region, owned or not, including those pending
     /// deletion: what the key-in-use check must see before a key goes.
-    pub async fn list_all(&self, rc: &RegionClients) -> Result<Vec<Listed>, AwsError> {
+    pub async fn list_all(&self, rc: &RegionClients) -> Result<Vec<SecretMeta>, AwsError> {
         self.list(rc, Vec::new()).await
     }
 
-    async fn list(&self, rc: &RegionClients, filters: Vec<Filter>) -> Result<Vec<Listed>, AwsError> {
+    async fn list(&self, rc: &RegionClients, filters: Vec<Filter>) -> Result<Vec<SecretMeta>, AwsError> {
         let filters = (!filters.is_empty()).then_some(filters);
         let mut out = Vec::new();
         let mut token = None;
@@ -553,20 +534,12 @@ impl Aws {
                 )
                 .await?;
             for s in page.secret_list() {
-                let owner = s
-                    .tags()
-                    .iter()
-                    .find(|t| t.key() == Some(OWNER_TAG))
-                    .and_then(|t| t.value())
-                    .map(str::to_owned);
-                let current_version = version_with(s.secret_versions_to_stages(), AWSCURRENT);
                 let rules = s.rotation_rules();
-                out.push(Listed {
+                out.push(SecretMeta {
                     arn: s.arn().unwrap_or_default().to_owned(),
                     name: s.name().unwrap_or_default().to_owned(),
-                    owner,
                     kms_key_id: s.kms_key_id().map(str::to_owned),
-                    current_version,
+                    current_version: version_with(s.secret_versions_to_stages(), AWSCURRENT),
                     description: s.description().map(str::to_owned),
                     tags: s
                         .tags()
@@ -580,6 +553,7 @@ impl Aws {
                     deleted: s.deleted_date().is_some(),
                     last_rotated: timestamp(s.last_rotated_date()),
                     next_rotation: timestamp(s.next_rotation_date()),
+                    replicas: None,
                     pending_version: version_with(s.secret_versions_to_stages(), AWSPENDING),
                 });
             }

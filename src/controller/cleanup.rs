@@ -2,13 +2,16 @@
 //! object go. "Already gone" counts as done, and an AWS outage never holds
 //! the object forever: after `--cleanup-timeout` rotor warns and lets go.
 
+use aws_sdk_kms::types::KeyState;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::{Context, FINALIZER, publish, set_finalizers};
+use super::events::{publish, reason};
+use super::status::set_finalizers;
+use super::{Context, FINALIZER};
 use crate::api::{DeletionPolicy, OWNER_TAG, RELEASED_TAG, RotatedSecret};
 use crate::aws::RegionClients;
 use crate::{Error, Result};
@@ -19,7 +22,7 @@ const KEY_PENDING_DAYS: i32 = 30;
 
 pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     if !rs.finalizers().iter().any(|f| f == FINALIZER) {
-        ctx.forget(rs);
+        ctx.memory.forget(rs);
         return Ok(Action::await_change());
     }
     match release(rs, ctx).await {
@@ -36,7 +39,7 @@ pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
                     ctx,
                     rs,
                     EventType::Warning,
-                    "CleanupFailed",
+                    reason::CLEANUP_FAILED,
                     "Cleanup",
                     format!("AWS cleanup failed, will retry: {err}"),
                 )
@@ -48,7 +51,7 @@ pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
                 ctx,
                 rs,
                 EventType::Warning,
-                "CleanupAbandoned",
+                reason::CLEANUP_ABANDONED,
                 "Cleanup",
                 format!(
                     "AWS cleanup still failing after {}s; releasing the object. Clean up {} by hand: {err}",
@@ -69,7 +72,7 @@ pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
         .cloned()
         .collect();
     set_finalizers(ctx, rs, finalizers).await?;
-    ctx.forget(rs);
+    ctx.memory.forget(rs);
     Ok(Action::await_change())
 }
 
@@ -107,7 +110,7 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
                 ctx,
                 rs,
                 EventType::Normal,
-                "Released",
+                reason::RELEASED,
                 "Cleanup",
                 format!(
                     "Left AWS secret {arn} in place (deletionPolicy Retain) and released it ({OWNER_TAG} removed, \
@@ -118,7 +121,7 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
         }
         DeletionPolicy::Delete => {
             if !desc.deleted {
-                let regions: Vec<String> = desc.replicas.keys().cloned().collect();
+                let regions: Vec<String> = desc.replicas.iter().flat_map(|r| r.keys()).cloned().collect();
                 if !regions.is_empty() {
                     ctx.aws.remove_replicas(&rc, &arn, &regions).await?;
                 }
@@ -139,7 +142,7 @@ async fn release(rs: &RotatedSecret, ctx: &Context) -> Result<()> {
                     ctx,
                     rs,
                     EventType::Normal,
-                    "Deleted",
+                    reason::DELETED,
                     "Cleanup",
                     if days == 0 {
                         format!("Deleted AWS secret {arn} without recovery")
@@ -180,15 +183,14 @@ async fn release_key(
     let Some(key) = ctx.aws.describe_key(rc, key_arn).await? else {
         return Ok(());
     };
-    if key.state == "PendingDeletion" || ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() != Some(me) {
+    if key.state == Some(KeyState::PendingDeletion)
+        || ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() != Some(me)
+    {
         return Ok(());
     }
     let alias = spec.alias.as_deref();
     let in_use = ctx.aws.list_all(rc).await?.into_iter().any(|s| {
-        Some(s.arn.as_str()) != secret_arn
-            && s.kms_key_id
-                .as_deref()
-                .is_some_and(|k| k == key.arn || k == key.key_id || Some(k) == alias)
+        Some(s.arn.as_str()) != secret_arn && s.kms_key_id.as_deref().is_some_and(|k| key.named_by(k, alias))
     });
     if in_use {
         info!(key = %key.arn, "KMS key still used by another secret; keeping it");
@@ -212,7 +214,7 @@ async fn release_key(
         ctx,
         rs,
         EventType::Normal,
-        "KmsKeyDeleted",
+        reason::KMS_KEY_DELETED,
         "Cleanup",
         format!(
             "Scheduled KMS key {} for deletion in {KEY_PENDING_DAYS} days",

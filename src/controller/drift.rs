@@ -4,10 +4,11 @@
 //! (resource policy, replicas) waits for the slow drift interval.
 
 use crate::api::RotatedSecret;
-use crate::aws::secrets::Listed;
+use crate::aws::kms::names_key;
+use crate::aws::secrets::SecretMeta;
 
 /// The first setting of `listed` that differs from what `rs` declares.
-pub fn drifted(rs: &RotatedSecret, listed: &Listed) -> Option<&'static str> {
+pub fn drifted(rs: &RotatedSecret, listed: &SecretMeta) -> Option<&'static str> {
     let sm = &rs.spec.secrets_manager;
     let status = rs.status.as_ref();
     if listed.deleted {
@@ -34,7 +35,7 @@ pub fn drifted(rs: &RotatedSecret, listed: &Listed) -> Option<&'static str> {
         && listed
             .kms_key_id
             .as_deref()
-            .is_some_and(|k| k != key && !key.ends_with(&format!("/{k}")))
+            .is_some_and(|k| !names_key(k, key, sm.kms_key.as_ref().and_then(|s| s.alias.as_deref())))
     {
         return Some("kmsKey");
     }
@@ -69,11 +70,10 @@ mod tests {
         rs
     }
 
-    fn listed() -> Listed {
-        Listed {
+    fn listed() -> SecretMeta {
+        SecretMeta {
             arn: "arn".into(),
             name: "n".into(),
-            owner: None,
             kms_key_id: None,
             current_version: None,
             description: Some("d".into()),
@@ -89,6 +89,7 @@ mod tests {
             deleted: false,
             last_rotated: None,
             next_rotation: None,
+            replicas: None,
             pending_version: None,
         }
     }

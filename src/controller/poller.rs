@@ -9,7 +9,7 @@
 //! with DescribeSecret by their own reconciles (see `Context::polled`).
 //! Optional SQS events trigger the named object at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,10 @@ use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, warn};
 
 use super::provision::stuck_after;
-use super::{Context, Seen, drift};
+use super::{Context, drift};
 use crate::api::RotatedSecret;
 use crate::aws::events::SecretChange;
+use crate::aws::secrets::SecretMeta;
 
 const IDLE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -50,10 +51,10 @@ fn interval(ctx: &Context, scopes: &[Scope]) -> Duration {
     scopes
         .iter()
         .flat_map(|s| s.store.state())
-        .map(|rs| ctx.refresh_interval(&rs))
+        .map(|rs| ctx.memory.policy.refresh_interval(&rs))
         .min()
         .unwrap_or(IDLE_INTERVAL)
-        .max(ctx.min_refresh)
+        .max(ctx.memory.policy.min_refresh)
 }
 
 pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
@@ -69,7 +70,7 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
     let mut last: Option<Instant> = None;
     loop {
         let every = interval(&ctx, &scopes);
-        ctx.set_poll_interval(every);
+        ctx.memory.set_poll_interval(every);
         if last.is_none_or(|t| t.elapsed() >= every) {
             last = Some(Instant::now());
             let ok = sweep(&ctx, &mut scopes).await;
@@ -80,7 +81,11 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
         // (or the first one, after an idle 60 s start) must not wait for the
         // long sleep to end before its rotations are noticed.
         let due = every.saturating_sub(last.map_or(Duration::ZERO, |t| t.elapsed()));
-        tokio::time::sleep(due.min(ctx.min_refresh).max(Duration::from_millis(100))).await;
+        tokio::time::sleep(
+            due.min(ctx.memory.policy.min_refresh)
+                .max(Duration::from_millis(100)),
+        )
+        .await;
     }
 }
 
@@ -94,11 +99,11 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             }
         }
     }
-    ctx.keep_regions(&regions);
     let prefix = format!("{}/", ctx.cluster_name);
     let mut all_ok = true;
-    for region in regions {
-        let rc = ctx.aws.region(Some(&region));
+    let mut listings = HashMap::new();
+    for region in &regions {
+        let rc = ctx.aws.region(Some(region));
         let sent = Instant::now();
         let listed = match ctx.aws.list_owned(&rc, Some(&prefix)).await {
             Ok(listed) => listed,
@@ -108,96 +113,28 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 continue;
             }
         };
-        ctx.swept(&region);
-        let listed_arns: std::collections::HashSet<String> = listed.iter().map(|e| e.arn.clone()).collect();
+        ctx.memory.swept(region, Instant::now());
+        let arns: HashSet<String> = listed.iter().map(|e| e.arn.clone()).collect();
         for scope in scopes.iter_mut() {
-            // Gone from the sweep (deleted outside rotor): let the object
-            // describe itself and report it.
-            let vanished: Vec<_> = scope
-                .store
-                .state()
-                .into_iter()
-                .filter(|rs| {
-                    rs.spec
-                        .secrets_manager
-                        .region
-                        .as_deref()
-                        .unwrap_or(ctx.aws.default_region())
-                        == region
-                        && rs.metadata.deletion_timestamp.is_none()
-                        && rs
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.arn.as_ref())
-                            .is_some_and(|arn| !listed_arns.contains(arn))
-                })
-                .collect();
-            for rs in vanished {
-                if ctx.request_converge(&rs, true) {
-                    scope.send(&rs);
-                }
-            }
+            converge_vanished(ctx, scope, region, &arns);
         }
         for entry in listed {
-            let fresh = ctx.record_seen_as(
-                &entry.arn,
-                Seen {
-                    version: entry.current_version.clone(),
-                    owner: entry.owner.clone(),
-                    at: Instant::now(),
-                    sent,
-                    wall: Timestamp::now(),
-                    rotation_enabled: entry.rotation_enabled,
-                    last_rotated: entry.last_rotated.clone(),
-                    next_rotation: entry.next_rotation.clone(),
-                },
-            );
-            if !fresh {
-                // rotor described this secret after the listing was sent:
-                // the listing has nothing newer to say about it.
-                continue;
-            }
-            let Some((ns, name)) = entry
-                .owner
-                .as_deref()
-                .and_then(|o| o.strip_prefix(&prefix)?.split_once('/'))
-            else {
-                continue;
-            };
-            let key = ObjectRef::new(name).within(ns);
-            for scope in scopes.iter_mut() {
-                let Some(rs) = scope.store.get(&key) else { continue };
-                let status = rs.status.as_ref();
-                if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
-                    continue;
-                }
-                // A rotation still pending after its window: the convergence
-                // checks the version's age and reports RotationStuck.
-                let pending = ctx.pending_for(&entry.arn, entry.pending_version.as_deref());
-                if let Some(rotation) = &rs.spec.rotation
-                    && pending > stuck_after(rotation.window.as_deref())
-                    && ctx.request_converge(&rs, false)
-                {
-                    info!(namespace = rs.namespace(), name = %rs.name_any(), "rotation pending past its window");
-                    scope.send(&rs);
-                    continue;
-                }
-                if status.and_then(|s| s.observed_generation) == rs.metadata.generation
-                    && let Some(what) = drift::drifted(&rs, &entry)
-                    && ctx.request_converge(&rs, entry.deleted)
-                {
-                    info!(namespace = rs.namespace(), name = %rs.name_any(), what, "AWS drifted from the spec");
-                    scope.send(&rs);
-                    continue;
-                }
-                let synced = status.and_then(|s| s.synced_version_id.as_deref());
-                if entry.current_version.is_some() && entry.current_version.as_deref() != synced {
-                    ctx.note_new_version(&rs, entry.current_version.as_deref(), "sweep");
-                    scope.send(&rs);
-                }
+            // A false `record`: rotor described this secret after the
+            // listing was sent, and the listing has nothing newer to say.
+            if ctx.memory.record(entry.clone(), sent, Instant::now()) {
+                route(ctx, scopes, &prefix, &entry);
             }
         }
+        listings.insert(region.clone(), (sent, arns));
     }
+    let live = |key: &ObjectRef<RotatedSecret>, uid: Option<&str>| {
+        scopes.iter().any(|s| {
+            s.store
+                .get(key)
+                .is_some_and(|rs| rs.metadata.uid.as_deref() == uid)
+        })
+    };
+    ctx.memory.prune(live, &regions, &listings);
     ctx.metrics.retain_ready(|namespace, name| {
         let key = ObjectRef::new(name).within(namespace);
         scopes.iter().any(|s| s.store.get(&key).is_some())
@@ -205,12 +142,84 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
     all_ok
 }
 
+/// Objects whose secret is gone from the listing (deleted outside rotor)
+/// describe themselves and report it.
+fn converge_vanished(ctx: &Context, scope: &mut Scope, region: &str, listed: &HashSet<String>) {
+    let vanished: Vec<_> = scope
+        .store
+        .state()
+        .into_iter()
+        .filter(|rs| {
+            ctx.memory.policy.region_of(rs) == region
+                && rs.metadata.deletion_timestamp.is_none()
+                && rs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.arn.as_ref())
+                    .is_some_and(|arn| !listed.contains(arn))
+        })
+        .collect();
+    for rs in vanished {
+        if ctx.memory.request_converge(&rs, true, Instant::now()) {
+            scope.send(&rs);
+        }
+    }
+}
+
+/// Triggers the object that owns a listed secret when something needs it:
+/// a rotation pending past its window, drift, or a new AWSCURRENT.
+fn route(ctx: &Context, scopes: &mut [Scope], prefix: &str, entry: &SecretMeta) {
+    let Some((ns, name)) = entry
+        .owner()
+        .and_then(|o| o.strip_prefix(prefix)?.split_once('/'))
+    else {
+        return;
+    };
+    let key = ObjectRef::new(name).within(ns);
+    let now = Instant::now();
+    for scope in scopes.iter_mut() {
+        let Some(rs) = scope.store.get(&key) else { continue };
+        let status = rs.status.as_ref();
+        if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
+            continue;
+        }
+        // A rotation still pending after its window: the convergence
+        // checks the version's age and reports RotationStuck.
+        if let Some(rotation) = &rs.spec.rotation
+            && ctx.memory.pending_for(&entry.arn, now) > stuck_after(rotation.window.as_deref())
+            && ctx.memory.request_converge(&rs, false, now)
+        {
+            info!(namespace = rs.namespace(), name = %rs.name_any(), "rotation pending past its window");
+            scope.send(&rs);
+            continue;
+        }
+        if status.and_then(|s| s.observed_generation) == rs.metadata.generation
+            && let Some(what) = drift::drifted(&rs, entry)
+            && ctx.memory.request_converge(&rs, entry.deleted, now)
+        {
+            info!(namespace = rs.namespace(), name = %rs.name_any(), what, "AWS drifted from the spec");
+            scope.send(&rs);
+            continue;
+        }
+        let synced = status.and_then(|s| s.synced_version_id.as_deref());
+        if entry.current_version.is_some() && entry.current_version.as_deref() != synced {
+            if ctx
+                .memory
+                .note_new_version(&rs, entry.current_version.as_deref(), now)
+            {
+                ctx.metrics.rotation_observed("sweep");
+            }
+            scope.send(&rs);
+        }
+    }
+}
+
 fn oldest_check(ctx: &Context, scopes: &[Scope]) -> Duration {
     scopes
         .iter()
         .flat_map(|s| s.store.state())
         .filter_map(|rs| rs.status.as_ref()?.arn.clone())
-        .map(|arn| ctx.check_age(&arn))
+        .map(|arn| ctx.memory.check_age(&arn, Instant::now()))
         .max()
         .unwrap_or_default()
 }
@@ -226,23 +235,17 @@ pub async fn event_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>, mut changes: 
                 .state()
                 .into_iter()
                 .filter(|rs| {
-                    let region = rs
-                        .spec
-                        .secrets_manager
-                        .region
-                        .as_deref()
-                        .unwrap_or(ctx.aws.default_region());
                     change.matches(
                         rs.status.as_ref().and_then(|s| s.arn.as_deref()),
                         &rs.spec.secrets_manager.name,
-                        region,
+                        ctx.memory.policy.region_of(rs),
                     )
                 })
                 .collect();
             for rs in hits {
                 matched = true;
-                ctx.rotation_event(&rs, change.event);
-                ctx.watch(&rs);
+                ctx.memory.rotation_event(&rs, change.event, Timestamp::now());
+                ctx.memory.watch(&rs, Instant::now());
                 debug!(namespace = rs.namespace(), name = %rs.name_any(), event = change.event, "event trigger");
                 scope.send(&rs);
             }

@@ -11,11 +11,16 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::info;
 
-use super::{Run, request_token};
-use crate::api::{OWNER_TAG, RELEASED_TAG, ROTATE_NOW_ANNOTATION, conditions};
+use super::events::reason;
+use super::status::Run;
+use aws_sdk_kms::types::KeyState;
+use sha2::{Digest, Sha256};
+
+use crate::api::{OWNER_TAG, RELEASED_TAG, ROTATE_NOW_ANNOTATION, RotatedSecret, conditions, initial};
+use crate::aws::RegionClients;
+use crate::aws::arn::Arn;
 use crate::aws::kms::KeyInfo;
-use crate::aws::secrets::{Description, NewSecret, RotationRequest};
-use crate::aws::{RegionClients, initial};
+use crate::aws::secrets::{NewSecret, RotationRequest, SecretMeta};
 use crate::{Error, Result};
 
 /// Replica keys given as ARNs must be in an allowed account too (key ids and
@@ -47,10 +52,26 @@ pub async fn replica_key_problems(run: &Run<'_>) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A ClientRequestToken (UUID-shaped, as AWS wants) derived from the
+/// object's uid and a purpose, so a retried write is recognised by AWS as
+/// the same request and never creates a second version or rotation.
+pub fn request_token(rs: &RotatedSecret, purpose: &str) -> String {
+    let digest = Sha256::digest(format!("{}/{purpose}", rs.uid().unwrap_or_default()));
+    let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Whether a key (by its ARN) is in rotor's own account or one the operator
 /// allows. A key ARN that does not parse is not allowed.
 fn key_account_allowed(key_arn: &str, own: &str, allowed: &[String]) -> bool {
-    match key_arn.split(':').nth(4) {
+    match Arn::parse(key_arn).map(|a| a.account) {
         Some(account) if !account.is_empty() => account == own || allowed.iter().any(|a| a == account),
         _ => false,
     }
@@ -126,7 +147,7 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
     // accounts the operator lists.
     let account = run.ctx.aws.account().await?;
     if !key_account_allowed(&key.arn, &account, &run.ctx.allowed_kms_key_accounts) {
-        let key_account = key.arn.split(':').nth(4).unwrap_or_default();
+        let key_account = key.account().unwrap_or_default();
         return Err(refused(
             "KmsKeyNotAllowed",
             format!(
@@ -205,7 +226,7 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
             info!(key = %key.arn, alias, "created KMS key");
             run.event(
                 EventType::Normal,
-                "KmsKeyCreated",
+                reason::KMS_KEY_CREATED,
                 "CreateKey",
                 format!(
                     "Created KMS key {} for {alias}; a customer-managed key is billed monthly, share it",
@@ -273,14 +294,14 @@ async fn release_lost_race_key(
     };
     if let Some(key) = ours
         && key.key_id != winner.key_id
-        && key.state == "Enabled"
+        && key.state == Some(KeyState::Enabled)
         && ctx.aws.key_owner(rc, &key.key_id).await?.as_deref() == Some(me.as_str())
     {
         info!(ours = %key.arn, winner = %winner.arn, "an earlier attempt lost the alias race; deleting its key");
         ctx.aws.schedule_key_deletion(rc, &key.key_id, 7).await?;
         run.event(
             EventType::Normal,
-            "KmsKeyDeleted",
+            reason::KMS_KEY_DELETED,
             "ScheduleKeyDeletion",
             format!(
                 "Scheduled unused KMS key {} for deletion: {alias} was created meanwhile for {}",
@@ -296,33 +317,25 @@ fn created_key_description(alias: &str, me: &str) -> String {
     format!("rotor: {alias} (created for {me})")
 }
 
-/// The secret name and region a pinned ARN refers to.
-fn arn_name_region(arn: &str) -> Option<(&str, &str)> {
-    let mut parts = arn.splitn(7, ':');
-    let region = parts.nth(3)?;
-    let name_suffix = parts.nth(2)?;
-    // Secrets Manager appends "-" and six random characters to the name.
-    let name = name_suffix.get(..name_suffix.len().checked_sub(7)?)?;
-    Some((name, region))
-}
-
 /// Finds, creates or restores the secret and enforces ownership. Settings
 /// are brought in line separately ([`converge`]), so that a setting AWS
 /// refuses never hides the secret from the mirror.
-pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<Description> {
+pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<SecretMeta> {
     let (rs, ctx) = (run.rs, run.ctx);
     let sm = &rs.spec.secrets_manager;
     let rc = region(run);
 
     if let Some(pinned) = run.status.arn.as_deref()
-        && let Some((name, region)) = arn_name_region(pinned)
-        && (name != sm.name || region != rc.region)
+        && let Some(arn) = Arn::secret(pinned)
+        && let Some(name) = arn.name()
+        && (name != sm.name || arn.region != rc.region)
     {
         return Err(refused(
             "ImmutableField",
             format!(
                 "this object manages {pinned}; secretsManager.name and region cannot change. Restore them \
-                 (name {name:?}, region {region}), or create a new RotatedSecret"
+                 (name {name:?}, region {}), or create a new RotatedSecret",
+                arn.region
             ),
         ));
     }
@@ -353,7 +366,7 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<D
         ctx.aws.restore_secret(&rc, &desc.arn).await?;
         run.event(
             EventType::Normal,
-            "Restored",
+            reason::RESTORED,
             "RestoreSecret",
             format!("Restored AWS secret {} from scheduled deletion", desc.arn),
         )
@@ -385,12 +398,12 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<D
 }
 
 /// Brings description, key, tags, policy and replicas in line with the spec.
-pub async fn converge(run: &mut Run<'_>, desc: &Description, key: Option<&KeyInfo>) -> Result<()> {
+pub async fn converge(run: &mut Run<'_>, desc: &SecretMeta, key: Option<&KeyInfo>) -> Result<()> {
     let rc = region(run);
     converge_secret(run, &rc, desc, key).await
 }
 
-async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyInfo>) -> Result<Description> {
+async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyInfo>) -> Result<SecretMeta> {
     let (rs, ctx) = (run.rs, run.ctx);
     let sm = &rs.spec.secrets_manager;
     let value = match &sm.initial_value {
@@ -424,7 +437,7 @@ async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyIn
     info!(%arn, "created AWS secret");
     run.event(
         EventType::Normal,
-        "Created",
+        reason::CREATED,
         "CreateSecret",
         format!("Created AWS secret {arn}"),
     )
@@ -442,9 +455,9 @@ async fn create_secret(run: &mut Run<'_>, rc: &RegionClients, key: Option<&KeyIn
 async fn check_owner(
     run: &mut Run<'_>,
     rc: &RegionClients,
-    mut desc: Description,
+    mut desc: SecretMeta,
     me: &str,
-) -> Result<Description> {
+) -> Result<SecretMeta> {
     let (rs, ctx) = (run.rs, run.ctx);
     let sm = &rs.spec.secrets_manager;
     let ns = rs.namespace().unwrap_or_default();
@@ -472,7 +485,7 @@ async fn check_owner(
             info!(arn = %desc.arn, "re-claimed released AWS secret");
             run.event(
                 EventType::Normal,
-                "Reclaimed",
+                reason::RECLAIMED,
                 "Adopt",
                 format!("Re-claimed AWS secret {} released earlier by {me}", desc.arn),
             )
@@ -506,7 +519,7 @@ async fn check_owner(
             info!(arn = %desc.arn, "adopted AWS secret");
             run.event(
                 EventType::Normal,
-                "Adopted",
+                reason::ADOPTED,
                 "Adopt",
                 format!("Adopted AWS secret {} (tagged {OWNER_TAG}={me})", desc.arn),
             )
@@ -517,29 +530,24 @@ async fn check_owner(
     }
 }
 
-/// Whether the secret's KmsKeyId (an id, ARN or alias, as it was set) names `key`.
-fn same_key(current: Option<&str>, key: &KeyInfo, alias: Option<&str>) -> bool {
-    current.is_some_and(|c| c == key.arn || c == key.key_id || Some(c) == alias)
-}
-
 async fn converge_secret(
     run: &mut Run<'_>,
     rc: &RegionClients,
-    desc: &Description,
+    desc: &SecretMeta,
     key: Option<&KeyInfo>,
 ) -> Result<()> {
     let (rs, ctx) = (run.rs, run.ctx);
     let sm = &rs.spec.secrets_manager;
     let aws = &ctx.aws;
 
-    // Description and key in one UpdateSecret.
+    // SecretMeta and key in one UpdateSecret.
     let description = sm
         .description
         .as_deref()
         .filter(|d| desc.description.as_deref() != Some(*d));
     let alias = sm.kms_key.as_ref().and_then(|k| k.alias.as_deref());
     let kms = match key {
-        Some(k) if !same_key(desc.kms_key_id.as_deref(), k, alias) => Some(k.arn.as_str()),
+        Some(k) if !desc.kms_key_id.as_deref().is_some_and(|c| k.named_by(c, alias)) => Some(k.arn.as_str()),
         // kmsKey removed after rotor set one: back to the AWS-managed key.
         None if desc.kms_key_id.as_deref().is_some_and(|c| c != AWS_MANAGED_KEY)
             && rs
@@ -593,7 +601,10 @@ async fn converge_secret(
         None => {}
     }
 
-    // Replicas, both ways.
+    // Replicas, both ways; only from a describe (a listing does not show them).
+    let Some(replicas) = &desc.replicas else {
+        return Ok(());
+    };
     let desired: BTreeMap<&str, Option<&str>> = sm
         .replica_regions
         .iter()
@@ -601,7 +612,7 @@ async fn converge_secret(
         .collect();
     let add: Vec<(String, Option<String>)> = desired
         .iter()
-        .filter(|(r, _)| !desc.replicas.contains_key(**r))
+        .filter(|(r, _)| !replicas.contains_key(**r))
         .map(|(r, k)| (r.to_string(), k.map(str::to_owned)))
         .collect();
     if !add.is_empty() {
@@ -610,8 +621,7 @@ async fn converge_secret(
     // Of a secret rotor found (adopted), only replicas it added go.
     let adopted = run.status.adopted;
     let managed = &run.status.managed_replicas;
-    let remove: Vec<String> = desc
-        .replicas
+    let remove: Vec<String> = replicas
         .keys()
         .filter(|r| !desired.contains_key(r.as_str()) && (!adopted || managed.contains(r)))
         .cloned()
@@ -626,7 +636,7 @@ async fn converge_secret(
 /// Configures rotation only when the described configuration differs, with
 /// `RotateImmediately=false` unless the spec asks for a first rotation as
 /// rotation is first enabled: a reconcile loop can never rotate by surprise.
-pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()> {
+pub async fn ensure_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
     let (rs, ctx) = (run.rs, run.ctx);
     let rc = region(run);
     let Some(rotation) = &rs.spec.rotation else {
@@ -636,7 +646,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
             refresh_rotation_status(run, &rc, &desc.arn).await?;
             run.event(
                 EventType::Normal,
-                "RotationCancelled",
+                reason::ROTATION_CANCELLED,
                 "CancelRotateSecret",
                 "spec.rotation was removed: rotation cancelled".to_owned(),
             )
@@ -689,7 +699,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
         refresh_rotation_status(run, &rc, &desc.arn).await?;
         run.event(
             EventType::Normal,
-            "RotationConfigured",
+            reason::ROTATION_CONFIGURED,
             "RotateSecret",
             format!(
                 "Rotation set to {} with {}{}",
@@ -716,7 +726,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &Description) -> Result<()
                  check the rotation Lambda's logs",
                 age / 3600
             );
-            run.event(EventType::Warning, "RotationStuck", "Rotate", msg.clone())
+            run.event(EventType::Warning, reason::ROTATION_STUCK, "Rotate", msg.clone())
                 .await;
             run.set(conditions::ROTATION_CONFIGURED, false, "RotationStuck", msg);
             return Ok(());
@@ -741,7 +751,7 @@ async fn refresh_rotation_status(run: &mut Run<'_>, rc: &RegionClients, arn: &st
         run.status.last_rotated_date = d.last_rotated.clone();
         run.status.next_rotation_date = d.next_rotation.clone();
         // Later reconciles read the sweep's view; it must not be older than this.
-        run.ctx.record_seen(&d);
+        run.ctx.memory.described(&d, std::time::Instant::now());
     }
     Ok(())
 }
@@ -758,7 +768,7 @@ pub fn stuck_after(window: Option<&str>) -> std::time::Duration {
 /// `rotor.dev/rotate-now: <token>`: one RotateSecret per distinct token. The
 /// ClientRequestToken derives from the token, so a crash before the status
 /// write repeats the same request, which AWS does not rotate twice.
-pub async fn rotate_now(run: &mut Run<'_>, desc: &Description) -> Result<()> {
+pub async fn rotate_now(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
     let (rs, ctx) = (run.rs, run.ctx);
     let Some(token) = rs.annotations().get(ROTATE_NOW_ANNOTATION) else {
         return Ok(());
@@ -807,7 +817,7 @@ pub async fn rotate_now(run: &mut Run<'_>, desc: &Description) -> Result<()> {
     info!(token, "rotation requested");
     run.event(
         EventType::Normal,
-        "RotationRequested",
+        reason::ROTATION_REQUESTED,
         "RotateSecret",
         format!("Rotation requested by {ROTATE_NOW_ANNOTATION}={token}"),
     )
@@ -820,14 +830,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_name_and_region_from_arn() {
-        assert_eq!(
-            arn_name_region(
-                "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/db-credentials-AbCdEf"
-            ),
-            Some(("shop/db-credentials", "us-east-1"))
-        );
-        assert_eq!(arn_name_region("nonsense"), None);
+    fn request_tokens_are_stable_uuids() {
+        let mut rs = RotatedSecret::new("a", serde_yaml::from_str("secretsManager: {name: x}").unwrap());
+        rs.metadata.uid = Some("1234".into());
+        let t = request_token(&rs, "create");
+        assert_eq!(t.len(), 36);
+        assert_eq!(t, request_token(&rs, "create"));
+        assert_ne!(t, request_token(&rs, "rotate-now:x"));
     }
 
     #[test]
@@ -851,21 +860,5 @@ mod tests {
         assert_eq!(stuck_after(Some("2h")).as_secs(), 7200);
         assert_eq!(stuck_after(None), DEFAULT_STUCK_AFTER);
         assert_eq!(stuck_after(Some("bad")), DEFAULT_STUCK_AFTER);
-    }
-
-    #[test]
-    fn key_matching() {
-        let k = KeyInfo {
-            arn: "arn:aws:kms:r:1:key/abc".into(),
-            key_id: "abc".into(),
-            state: "Enabled".into(),
-            spec: "SYMMETRIC_DEFAULT".into(),
-            usage: "ENCRYPT_DECRYPT".into(),
-        };
-        assert!(same_key(Some("abc"), &k, None));
-        assert!(same_key(Some("arn:aws:kms:r:1:key/abc"), &k, None));
-        assert!(same_key(Some("alias/x"), &k, Some("alias/x")));
-        assert!(!same_key(Some("other"), &k, Some("alias/x")));
-        assert!(!same_key(None, &k, None));
     }
 }

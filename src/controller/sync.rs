@@ -7,11 +7,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use std::time::Instant;
+
 use tracing::info;
 
-use super::{Run, publish_about};
+use super::events::{publish_about, reason};
+use super::status::Run;
 use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
-use crate::aws::secrets::{Description, SecretValue};
+use crate::aws::secrets::{SecretMeta, SecretValue};
 use crate::k8s::mirror::{self, Written};
 use crate::k8s::rollout;
 use crate::{Error, Result};
@@ -22,13 +25,18 @@ const MAX_ROLLED_OUT: usize = 50;
 /// Mirrors AWSCURRENT into the target Secret, reading the value only when the
 /// Secret does not already hold this version rendered from this generation.
 /// Returns the Secret's history as it now stands.
-pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Written> {
+pub async fn sync_secret(run: &mut Run<'_>, desc: &SecretMeta) -> Result<Written> {
     let (rs, ctx) = (run.rs, run.ctx);
     let ns = rs.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = rs.target_name();
     let generation = rs.metadata.generation.unwrap_or_default().to_string();
-    ctx.note_new_version(rs, desc.current_version.as_deref(), "describe");
+    if ctx
+        .memory
+        .note_new_version(rs, desc.current_version.as_deref(), Instant::now())
+    {
+        ctx.metrics.rotation_observed("describe");
+    }
 
     let previous = match mirror::get(&api, name).await? {
         Some(existing) if !mirror::is_controlled_by(&existing, rs) => {
@@ -81,14 +89,14 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &Description) -> Result<Writte
     mirror::apply(&api, rs, &written, &data).await?;
     ctx.metrics.secret_written();
     if previous.version.as_deref() != Some(value.version_id.as_str())
-        && let Some(at) = ctx.detected_at(rs, &value.version_id)
+        && let Some(at) = ctx.memory.detected_at(rs, &value.version_id)
     {
         ctx.metrics.rotation_reached_secret(at.elapsed());
     }
     info!(secret = name, version_id = %value.version_id, "Secret written");
     run.event(
         EventType::Normal,
-        "Synced",
+        reason::SYNCED,
         "Sync",
         format!("Secret {name} now holds AWS version {}", value.version_id),
     )
@@ -124,7 +132,7 @@ async fn render_bounded(target: &crate::api::TargetSpec, value: &SecretValue) ->
 
 fn mark_synced(run: &mut Run<'_>, version: &str) {
     run.status.synced_version_id = Some(version.to_owned());
-    run.ctx.unwatch_if_moved(run.rs, Some(version));
+    run.ctx.memory.unwatch_if_moved(run.rs, Some(version));
     let msg = format!("Secret {} holds version {version}", run.rs.target_name());
     run.set(conditions::SYNCED, true, "Synced", msg);
 }
@@ -152,7 +160,7 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
             "Disabled",
             "rollout.mode is Disabled: no workload is restarted",
         );
-        ctx.clear_detected(rs);
+        ctx.memory.clear_detected(rs);
         return Ok(());
     }
     let (Some(version), Some(initial)) = (written.version.as_deref(), written.initial_version.as_deref())
@@ -220,7 +228,7 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
                     ctx,
                     workload,
                     Some(rs.object_ref(&())),
-                    "RolledOut",
+                    reason::ROLLED_OUT,
                     "Restart",
                     format!(
                         "Restarted for AWS version {version} of Secret {secret} (RotatedSecret {})",
@@ -237,12 +245,12 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
         }
     }
     if restarted > 0
-        && let Some(at) = ctx.detected_at(rs, version)
+        && let Some(at) = ctx.memory.detected_at(rs, version)
     {
         ctx.metrics.rotation_reached_rollout(at.elapsed());
     }
     if problems.is_empty() {
-        ctx.clear_detected(rs);
+        ctx.memory.clear_detected(rs);
         let msg = match targets.len() {
             0 => "no workload in the namespace uses the Secret".to_owned(),
             n => format!("{n} workload(s) run version {version}"),
