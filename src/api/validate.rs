@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{OWNER_TAG, RolloutMode, RotatedSecretSpec, duration, initial, schedule};
+use super::{OWNER_TAG, RolloutMode, RotatedSecretSpec, SecretsManagerSpec, duration, initial, schedule};
 
 /// Secret data keys: alphanumerics, `-`, `_` and `.` (Kubernetes' rule).
 pub fn is_valid_data_key(key: &str) -> bool {
@@ -19,7 +19,29 @@ pub fn is_valid_data_key(key: &str) -> bool {
 /// Returns every problem found, or `Ok` for a valid spec.
 pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
+    check_refresh(spec, &mut problems);
+    let sm = &spec.secrets_manager;
+    check_tags(&sm.tags, &mut problems);
+    check_kms_key(sm, &mut problems);
+    check_initial_value(sm, &mut problems);
+    check_policy_and_replicas(sm, &mut problems);
+    if let Some(rotation) = &spec.rotation
+        && let Err(e) = schedule::validate(&rotation.schedule, rotation.window.as_deref())
+    {
+        problems.push(e);
+    }
 
+    check_template(spec, &mut problems);
+    check_target(&spec.target, &mut problems);
+    check_rollout(spec, &mut problems);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn check_refresh(spec: &RotatedSecretSpec, problems: &mut Vec<String>) {
     match duration::parse(&spec.refresh_interval) {
         Some(d) if d <= MAX_REFRESH_INTERVAL => {}
         Some(_) => problems.push(format!(
@@ -31,9 +53,9 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             spec.refresh_interval
         )),
     }
+}
 
-    let sm = &spec.secrets_manager;
-    check_tags(&sm.tags, &mut problems);
+fn check_kms_key(sm: &SecretsManagerSpec, problems: &mut Vec<String>) {
     if let Some(kms) = &sm.kms_key {
         if let Some(id) = &kms.id
             && !is_kms_key_ref(id)
@@ -65,6 +87,9 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             _ => {}
         }
     }
+}
+
+fn check_initial_value(sm: &SecretsManagerSpec, problems: &mut Vec<String>) {
     if let Some(init) = &sm.initial_value {
         if init.template.is_some() && init.string.is_some() {
             problems.push("secretsManager.initialValue: set template or string, not both".to_owned());
@@ -92,6 +117,9 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             ));
         }
     }
+}
+
+fn check_policy_and_replicas(sm: &SecretsManagerSpec, problems: &mut Vec<String>) {
     if let Some(policy) = &sm.resource_policy
         && policy.to_string().len() > MAX_POLICY
     {
@@ -125,12 +153,9 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             ));
         }
     }
-    if let Some(rotation) = &spec.rotation
-        && let Err(e) = schedule::validate(&rotation.schedule, rotation.window.as_deref())
-    {
-        problems.push(e);
-    }
+}
 
+fn check_template(spec: &RotatedSecretSpec, problems: &mut Vec<String>) {
     for (key, source) in &spec.target.template {
         if !is_valid_data_key(key) {
             problems.push(format!(
@@ -141,8 +166,9 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             problems.push(e.to_string());
         }
     }
-    check_target(&spec.target, &mut problems);
+}
 
+fn check_rollout(spec: &RotatedSecretSpec, problems: &mut Vec<String>) {
     match spec.rollout.mode {
         RolloutMode::Explicit if spec.rollout.targets.is_empty() => {
             problems.push("rollout.mode Explicit needs at least one entry in rollout.targets".to_owned())
@@ -154,12 +180,6 @@ pub fn validate(spec: &RotatedSecretSpec) -> Result<(), Vec<String>> {
             ))
         }
         _ => {}
-    }
-
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
     }
 }
 

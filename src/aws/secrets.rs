@@ -88,11 +88,7 @@ impl Aws {
         Ok(Some(SecretMeta {
             arn: out.arn().unwrap_or_default().to_owned(),
             name: out.name().unwrap_or_default().to_owned(),
-            tags: out
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-                .collect(),
+            tags: tag_map(out.tags()),
             current_version,
             deleted: out.deleted_date().is_some(),
             kms_key_id: out.kms_key_id().map(str::to_owned),
@@ -194,6 +190,12 @@ fn version_with(
             s.iter().any(|x| x == stage) && (stage == AWSCURRENT || !s.iter().any(|x| x == AWSCURRENT))
         })
         .map(|(v, _)| v.clone())
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .collect()
 }
 
 fn tags(map: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -541,11 +543,7 @@ impl Aws {
                     kms_key_id: s.kms_key_id().map(str::to_owned),
                     current_version: version_with(s.secret_versions_to_stages(), AWSCURRENT),
                     description: s.description().map(str::to_owned),
-                    tags: s
-                        .tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-                        .collect(),
+                    tags: tag_map(s.tags()),
                     rotation_enabled: s.rotation_enabled().unwrap_or(false),
                     rotation_lambda_arn: s.rotation_lambda_arn().map(str::to_owned),
                     schedule_expression: rules.and_then(|r| r.schedule_expression()).map(str::to_owned),

@@ -14,10 +14,11 @@ mod provision;
 mod reconcile;
 mod status;
 mod sync;
+mod tasks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
@@ -98,7 +99,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>, readiness: Arc<Readiness>
         runs.push(run);
         synced.push(listed);
     }
-    start_background(&ctx, &args, pollers);
+    tasks::start(&ctx, &args, pollers);
     tokio::spawn(async move {
         while !(synced.iter().all(|s| s.load(Ordering::Relaxed)) && workloads.is_ready()) {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -254,58 +255,4 @@ fn scope_controller(
         })
         .instrument(span);
     (poller, run, listed)
-}
-
-/// The version sweep, and the SQS consumer when a queue is configured.
-fn start_background(ctx: &Arc<Context>, args: &RunArgs, pollers: Vec<poller::Scope>) {
-    supervise("sweep", &ctx.metrics, {
-        let (ctx, pollers) = (ctx.clone(), pollers.clone());
-        move || poller::sweep_loop(ctx.clone(), pollers.clone())
-    });
-    let Some(queue_url) = args.events_queue_url.clone() else {
-        return;
-    };
-    info!(%queue_url, "consuming Secrets Manager events");
-    supervise("events", &ctx.metrics, {
-        let ctx = ctx.clone();
-        move || {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            let consume = crate::aws::events::consume(
-                ctx.aws.sqs(&queue_url),
-                queue_url.clone(),
-                tx,
-                ctx.metrics.clone(),
-            );
-            let route = poller::event_loop(ctx.clone(), pollers.clone(), rx);
-            async move {
-                // Either half ending ends both; the supervisor restarts them.
-                futures::future::select(Box::pin(consume), Box::pin(route)).await;
-            }
-        }
-    });
-}
-
-/// Runs a background task for the life of the process, restarting it with
-/// backoff whenever it ends or panics (counted in
-/// `rotor_task_restarts_total{task}`), so it never dies silently.
-fn supervise<F, Fut>(task: &'static str, metrics: &Arc<Metrics>, mut make: F)
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let metrics = metrics.clone();
-    tokio::spawn(async move {
-        let mut delay = Duration::from_secs(1);
-        loop {
-            let started = Instant::now();
-            let outcome = tokio::spawn(make()).await;
-            metrics.task_restarted(task);
-            warn!(task, panicked = outcome.is_err(), retry_in = ?delay, "background task stopped; restarting");
-            if started.elapsed() > Duration::from_secs(300) {
-                delay = Duration::from_secs(1);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(60));
-        }
-    });
 }

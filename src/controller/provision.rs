@@ -564,7 +564,16 @@ async fn converge_secret(
         aws.update_secret(rc, &desc.arn, description, kms).await?;
     }
 
-    // Tags: set what differs, remove only keys rotor put and the spec dropped.
+    converge_tags(run, rc, desc).await?;
+    converge_policy(run, rc, desc).await?;
+    converge_replicas(run, rc, desc).await
+}
+
+/// Tags: set what differs, remove only keys rotor put and the spec dropped.
+async fn converge_tags(run: &mut Run<'_>, rc: &RegionClients, desc: &SecretMeta) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let aws = &ctx.aws;
     let to_set: BTreeMap<String, String> = sm
         .tags
         .iter()
@@ -585,8 +594,14 @@ async fn converge_secret(
         aws.untag_secret(rc, &desc.arn, &to_remove).await?;
     }
     run.status.managed_tags = sm.tags.keys().cloned().collect();
+    Ok(())
+}
 
-    // Resource policy: put when it differs; delete only one rotor put.
+/// Resource policy: put when it differs; delete only one rotor put.
+async fn converge_policy(run: &mut Run<'_>, rc: &RegionClients, desc: &SecretMeta) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let aws = &ctx.aws;
     match &sm.resource_policy {
         Some(policy) => {
             if aws.resource_policy(rc, &desc.arn).await?.as_ref() != Some(policy) {
@@ -600,8 +615,14 @@ async fn converge_secret(
         }
         None => {}
     }
+    Ok(())
+}
 
-    // Replicas, both ways; only from a describe (a listing does not show them).
+/// Replicas, both ways; only from a describe (a listing does not show them).
+async fn converge_replicas(run: &mut Run<'_>, rc: &RegionClients, desc: &SecretMeta) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let sm = &rs.spec.secrets_manager;
+    let aws = &ctx.aws;
     let Some(replicas) = &desc.replicas else {
         return Ok(());
     };
@@ -637,30 +658,61 @@ async fn converge_secret(
 /// `RotateImmediately=false` unless the spec asks for a first rotation as
 /// rotation is first enabled: a reconcile loop can never rotate by surprise.
 pub async fn ensure_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
-    let (rs, ctx) = (run.rs, run.ctx);
-    let rc = region(run);
+    let rs = run.rs;
     let Some(rotation) = &rs.spec.rotation else {
-        if desc.rotation_enabled && run.status.managed_rotation {
-            ctx.aws.cancel_rotation(&rc, &desc.arn).await?;
-            run.status.managed_rotation = false;
-            refresh_rotation_status(run, &rc, &desc.arn).await?;
-            run.event(
-                EventType::Normal,
-                reason::ROTATION_CANCELLED,
-                "CancelRotateSecret",
-                "spec.rotation was removed: rotation cancelled".to_owned(),
-            )
-            .await;
-        }
-        let msg = if desc.rotation_enabled {
-            "rotation is enabled in AWS but not managed by this object"
-        } else {
-            "rotation is not configured"
-        };
-        run.set(conditions::ROTATION_CONFIGURED, true, "NotConfigured", msg);
-        return Ok(());
+        return without_rotation(run, desc).await;
     };
+    let rc = region(run);
+    configure_rotation(run, &rc, desc, rotation).await?;
+    run.status.managed_rotation = true;
+    if let Some(msg) = stuck_rotation(run, &rc, desc, rotation).await? {
+        run.event(EventType::Warning, reason::ROTATION_STUCK, "Rotate", msg.clone())
+            .await;
+        run.set(conditions::ROTATION_CONFIGURED, false, "RotationStuck", msg);
+        return Ok(());
+    }
+    run.set(
+        conditions::ROTATION_CONFIGURED,
+        true,
+        "Configured",
+        format!("rotation {} with {}", rotation.schedule, rotation.lambda_arn),
+    );
+    Ok(())
+}
 
+/// No `spec.rotation`: cancel a rotation rotor configured, leave others.
+async fn without_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
+    let ctx = run.ctx;
+    let rc = region(run);
+    if desc.rotation_enabled && run.status.managed_rotation {
+        ctx.aws.cancel_rotation(&rc, &desc.arn).await?;
+        run.status.managed_rotation = false;
+        refresh_rotation_status(run, &rc, &desc.arn).await?;
+        run.event(
+            EventType::Normal,
+            reason::ROTATION_CANCELLED,
+            "CancelRotateSecret",
+            "spec.rotation was removed: rotation cancelled".to_owned(),
+        )
+        .await;
+    }
+    let msg = if desc.rotation_enabled {
+        "rotation is enabled in AWS but not managed by this object"
+    } else {
+        "rotation is not configured"
+    };
+    run.set(conditions::ROTATION_CONFIGURED, true, "NotConfigured", msg);
+    Ok(())
+}
+
+/// Calls RotateSecret when AWS's rotation differs from the spec.
+async fn configure_rotation(
+    run: &mut Run<'_>,
+    rc: &RegionClients,
+    desc: &SecretMeta,
+    rotation: &crate::api::RotationSpec,
+) -> Result<()> {
+    let (rs, ctx) = (run.rs, run.ctx);
     let matches = crate::api::schedule::same_rotation(
         rotation,
         desc.rotation_enabled,
@@ -682,7 +734,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()>
         let immediately = rotation.rotate_immediately && !desc.rotation_enabled;
         ctx.aws
             .rotate_secret(
-                &rc,
+                rc,
                 &desc.arn,
                 RotationRequest {
                     lambda_arn: &rotation.lambda_arn,
@@ -696,7 +748,7 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()>
             )
             .await?;
         run.status.managed_rotation = true;
-        refresh_rotation_status(run, &rc, &desc.arn).await?;
+        refresh_rotation_status(run, rc, &desc.arn).await?;
         run.event(
             EventType::Normal,
             reason::ROTATION_CONFIGURED,
@@ -715,30 +767,31 @@ pub async fn ensure_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()>
         .await;
     }
     run.status.managed_rotation = true;
-
-    if let Some(pending) = &desc.pending_version
-        && let Some(created) = ctx.aws.version_created(&rc, &desc.arn, pending).await?
-    {
-        let age = Timestamp::now().as_second() - created.secs();
-        if age > stuck_after(rotation.window.as_deref()).as_secs() as i64 {
-            let msg = format!(
-                "rotation looks stuck: version {pending} has been AWSPENDING for {}h without becoming AWSCURRENT; \
-                 check the rotation Lambda's logs",
-                age / 3600
-            );
-            run.event(EventType::Warning, reason::ROTATION_STUCK, "Rotate", msg.clone())
-                .await;
-            run.set(conditions::ROTATION_CONFIGURED, false, "RotationStuck", msg);
-            return Ok(());
-        }
-    }
-    run.set(
-        conditions::ROTATION_CONFIGURED,
-        true,
-        "Configured",
-        format!("rotation {} with {}", rotation.schedule, rotation.lambda_arn),
-    );
     Ok(())
+}
+
+/// A rotation whose AWSPENDING version is older than its window: the message.
+async fn stuck_rotation(
+    run: &Run<'_>,
+    rc: &RegionClients,
+    desc: &SecretMeta,
+    rotation: &crate::api::RotationSpec,
+) -> Result<Option<String>> {
+    let Some(pending) = &desc.pending_version else {
+        return Ok(None);
+    };
+    let Some(created) = run.ctx.aws.version_created(rc, &desc.arn, pending).await? else {
+        return Ok(None);
+    };
+    let age = Timestamp::now().as_second() - created.secs();
+    if age <= stuck_after(rotation.window.as_deref()).as_secs() as i64 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "rotation looks stuck: version {pending} has been AWSPENDING for {}h without becoming AWSCURRENT; \
+         check the rotation Lambda's logs",
+        age / 3600
+    )))
 }
 
 /// Reads the rotation state back after changing it. AWS computes

@@ -19,6 +19,72 @@ use crate::k8s::mirror::{self, Written};
 use crate::k8s::rollout;
 use crate::{Error, Result};
 
+/// The workloads to restart: the listed ones (missing ones are problems),
+/// or every consumer of the Secret in the namespace.
+fn targets(run: &Run<'_>) -> (Vec<rollout::Workload>, Vec<String>) {
+    let (rs, workloads) = (run.rs, &run.ctx.workloads);
+    let ns = rs.namespace().unwrap_or_default();
+    let mut problems = Vec::new();
+    let targets = match rs.spec.rollout.mode {
+        RolloutMode::Explicit => rs
+            .spec
+            .rollout
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let found = workloads.get(&ns, t.kind, &t.name);
+                if found.is_none() {
+                    problems.push(format!("{} {} not found", kind_str(t.kind), t.name));
+                }
+                found
+            })
+            .collect(),
+        _ => workloads.consumers(&ns, rs.target_name()),
+    };
+    (targets, problems)
+}
+
+/// Records a restart in `status.rolledOut`, and as an Event on the workload,
+/// where `kubectl describe` shows why it restarted, related to the
+/// RotatedSecret that caused it.
+async fn record_restart(run: &mut Run<'_>, w: &rollout::Workload, version: &str) {
+    let (rs, ctx) = (run.rs, run.ctx);
+    let kind = kind_str(w.kind);
+    ctx.metrics.restarted(kind);
+    info!(kind, workload = %w.name, version, "restarted workload");
+    let entry = RolledOut {
+        kind: w.kind,
+        name: w.name.clone(),
+        version_id: version.to_owned(),
+        time: run.now.clone(),
+    };
+    let list = &mut run.status.rolled_out;
+    list.retain(|r| !(r.kind == entry.kind && r.name == entry.name));
+    list.insert(0, entry);
+    list.truncate(MAX_ROLLED_OUT);
+    let workload = ObjectReference {
+        api_version: Some("apps/v1".to_owned()),
+        kind: Some(kind.to_owned()),
+        name: Some(w.name.clone()),
+        namespace: rs.namespace(),
+        ..ObjectReference::default()
+    };
+    let note = format!(
+        "Restarted for AWS version {version} of Secret {} (RotatedSecret {})",
+        rs.target_name(),
+        rs.name_any()
+    );
+    publish_about(
+        ctx,
+        workload,
+        Some(rs.object_ref(&())),
+        reason::ROLLED_OUT,
+        "Restart",
+        note,
+    )
+    .await;
+}
+
 /// Most workloads listed in `status.rolledOut`.
 const MAX_ROLLED_OUT: usize = 50;
 
@@ -173,23 +239,8 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
         ));
     }
     let ns = rs.namespace().unwrap_or_default();
-    let secret = rs.target_name();
-    let key = rollout::annotation_key(secret);
-    let mut problems = Vec::new();
-    let targets: Vec<rollout::Workload> = match spec.mode {
-        RolloutMode::Explicit => spec
-            .targets
-            .iter()
-            .filter_map(|t| {
-                let found = ctx.workloads.get(&ns, t.kind, &t.name);
-                if found.is_none() {
-                    problems.push(format!("{} {} not found", kind_str(t.kind), t.name));
-                }
-                found
-            })
-            .collect(),
-        _ => ctx.workloads.consumers(&ns, secret),
-    };
+    let key = rollout::annotation_key(rs.target_name());
+    let (targets, mut problems) = targets(run);
 
     let mut restarted = 0;
     for w in &targets {
@@ -203,39 +254,7 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
             Ok(false) => {}
             Ok(true) => {
                 restarted += 1;
-                ctx.metrics.restarted(kind);
-                info!(kind, workload = %w.name, version, "restarted workload");
-                let entry = RolledOut {
-                    kind: w.kind,
-                    name: w.name.clone(),
-                    version_id: version.to_owned(),
-                    time: run.now.clone(),
-                };
-                let list = &mut run.status.rolled_out;
-                list.retain(|r| !(r.kind == entry.kind && r.name == entry.name));
-                list.insert(0, entry);
-                list.truncate(MAX_ROLLED_OUT);
-                // On the workload, where `kubectl describe` shows why it
-                // restarted; related to the RotatedSecret that caused it.
-                let workload = ObjectReference {
-                    api_version: Some("apps/v1".to_owned()),
-                    kind: Some(kind.to_owned()),
-                    name: Some(w.name.clone()),
-                    namespace: Some(ns.clone()),
-                    ..ObjectReference::default()
-                };
-                publish_about(
-                    ctx,
-                    workload,
-                    Some(rs.object_ref(&())),
-                    reason::ROLLED_OUT,
-                    "Restart",
-                    format!(
-                        "Restarted for AWS version {version} of Secret {secret} (RotatedSecret {})",
-                        rs.name_any()
-                    ),
-                )
-                .await;
+                record_restart(run, w, version).await;
             }
             Err(e) => {
                 let mut msg = e.to_string();
