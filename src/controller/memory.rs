@@ -144,6 +144,8 @@ struct SweepHealth {
 struct State {
     objects: HashMap<ObjectRef<RotatedSecret>, ObjectMemory>,
     secrets: HashMap<String, Observed>,
+    /// Owner tag value → ARN, for objects that have not pinned theirs yet.
+    owners: HashMap<String, String>,
     sweep: SweepHealth,
 }
 
@@ -296,6 +298,9 @@ impl Memory {
             (Some(k), Some(v)) if k.meta.pending_version.as_ref() == Some(v) => k.pending_since.or(Some(now)),
             (_, Some(_)) => Some(now),
         };
+        if let Some(owner) = meta.owner() {
+            state.owners.insert(owner.to_owned(), meta.arn.clone());
+        }
         let observed = Observed {
             meta,
             sent,
@@ -305,6 +310,33 @@ impl Memory {
         };
         state.secrets.insert(observed.meta.arn.clone(), observed);
         true
+    }
+
+    /// The secret a fresh listing shows under `owner`, for an object that
+    /// has not pinned its ARN yet: its first sync needs no DescribeSecret.
+    /// Only when the listing can say everything the first convergence needs
+    /// (not replicas: ListSecrets does not show them) and the secret is
+    /// live, named and placed as the spec says.
+    pub fn listed_for(&self, rs: &RotatedSecret, owner: &str, now: Instant) -> Option<SecretMeta> {
+        let sm = &rs.spec.secrets_manager;
+        let region = self.policy.region_of(rs);
+        let status = rs.status.as_ref();
+        if !sm.replica_regions.is_empty()
+            || status.is_some_and(|s| s.arn.is_some() || !s.managed_replicas.is_empty())
+            || !self.sweep_healthy(region, now)
+        {
+            return None;
+        }
+        let state = self.lock();
+        let seen = state.secrets.get(state.owners.get(owner)?)?;
+        let fresh = now.saturating_duration_since(seen.at) <= state.sweep.every * 2;
+        let placed = Arn::secret(&seen.meta.arn).is_some_and(|a| a.region == region);
+        (fresh
+            && placed
+            && !seen.meta.deleted
+            && seen.meta.name == sm.name
+            && seen.meta.owner() == Some(owner))
+        .then(|| seen.meta.clone())
     }
 
     /// Records what a DescribeSecret just showed. Sent a little before now:
@@ -377,6 +409,8 @@ impl Memory {
                 None => true,
             }
         });
+        let State { owners, secrets, .. } = &mut *state;
+        owners.retain(|_, arn| secrets.contains_key(arn));
     }
 
     /// Forgets the object (it is being deleted).

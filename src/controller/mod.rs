@@ -15,6 +15,7 @@ mod reconcile;
 mod status;
 mod sync;
 mod tasks;
+mod values;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,11 @@ pub struct Context {
     pub workloads: Workloads,
     /// Everything remembered between reconciles: its only owner.
     pub memory: Memory,
+    /// Values read in batches for objects that are behind.
+    pub values: values::Values,
+    /// Set once the first sweep has listed every region: a start waits for
+    /// it (a little) so that thousands of objects do not each describe.
+    pub swept: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -188,6 +194,8 @@ fn context(args: &RunArgs, client: Client, aws: Aws, metrics: Arc<Metrics>, work
         allowed_kms_key_accounts: args.allowed_kms_key_accounts.clone(),
         workloads,
         memory,
+        values: values::Values::default(),
+        swept: tokio::sync::watch::Sender::new(false),
     }
 }
 
@@ -243,6 +251,7 @@ fn scope_controller(
     let poller = poller::Scope {
         store: controller.store(),
         trigger,
+        listed: listed.clone(),
     };
     let span = info_span!("controller", namespace = field::debug(&scope));
     let run = controller

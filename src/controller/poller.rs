@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::Sender;
@@ -27,12 +28,16 @@ use crate::aws::events::SecretChange;
 use crate::aws::secrets::SecretMeta;
 
 const IDLE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the first sweep waits for the object stores to list.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(30);
 
 /// One watched scope: its object cache and its controller's trigger.
 #[derive(Clone)]
 pub struct Scope {
     pub store: Store<RotatedSecret>,
     pub trigger: Sender<ObjectRef<RotatedSecret>>,
+    /// Set once the store has listed every object.
+    pub listed: Arc<AtomicBool>,
 }
 
 impl Scope {
@@ -66,7 +71,13 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
     // object fell back to DescribeSecret each refresh. The sweep does not
     // need a listed store anyway: it records what AWS says for every owned
     // secret, and an object missing from the store now gets its own first
-    // reconcile when the store lists it.
+    // reconcile when the store lists it. The first sweep does wait (a
+    // little, on the flag the stream sets) for the stores: with the objects
+    // known, it queues batched value reads for all that are behind.
+    let started = Instant::now();
+    while !scopes.iter().all(|s| s.listed.load(Ordering::Relaxed)) && started.elapsed() < FIRST_LIST_WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut last: Option<Instant> = None;
     loop {
         let every = interval(&ctx, &scopes);
@@ -74,6 +85,7 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
         if last.is_none_or(|t| t.elapsed() >= every) {
             last = Some(Instant::now());
             let ok = sweep(&ctx, &mut scopes).await;
+            ctx.swept.send_replace(true);
             ctx.metrics.sweep(ok, oldest_check(&ctx, &scopes));
         }
         // Recompute the interval at least every `min_refresh`: an object
@@ -118,13 +130,15 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
         for scope in scopes.iter_mut() {
             converge_vanished(ctx, scope, region, &arns);
         }
+        let mut behind = Vec::new();
         for entry in listed {
             // A false `record`: rotor described this secret after the
             // listing was sent, and the listing has nothing newer to say.
             if ctx.memory.record(entry.clone(), sent, Instant::now()) {
-                route(ctx, scopes, &prefix, &entry);
+                route(ctx, scopes, &prefix, &entry, &mut behind);
             }
         }
+        ctx.values.prefetch(region, behind);
         listings.insert(region.clone(), (sent, arns));
     }
     let live = |key: &ObjectRef<RotatedSecret>, uid: Option<&str>| {
@@ -167,8 +181,10 @@ fn converge_vanished(ctx: &Context, scope: &mut Scope, region: &str, listed: &Ha
 }
 
 /// Triggers the object that owns a listed secret when something needs it:
-/// a rotation pending past its window, drift, or a new AWSCURRENT.
-fn route(ctx: &Context, scopes: &mut [Scope], prefix: &str, entry: &SecretMeta) {
+/// a rotation pending past its window, drift, or a new AWSCURRENT. Secrets
+/// whose value an object will read (a new AWSCURRENT, or an object that has
+/// not synced yet) go to `behind`, to be read in batches.
+fn route(ctx: &Context, scopes: &mut [Scope], prefix: &str, entry: &SecretMeta, behind: &mut Vec<String>) {
     let Some((ns, name)) = entry
         .owner()
         .and_then(|o| o.strip_prefix(prefix)?.split_once('/'))
@@ -180,7 +196,14 @@ fn route(ctx: &Context, scopes: &mut [Scope], prefix: &str, entry: &SecretMeta) 
     for scope in scopes.iter_mut() {
         let Some(rs) = scope.store.get(&key) else { continue };
         let status = rs.status.as_ref();
-        if status.and_then(|s| s.arn.as_deref()) != Some(entry.arn.as_str()) {
+        let pinned = status.and_then(|s| s.arn.as_deref());
+        if pinned.is_none() && rs.spec.secrets_manager.name == entry.name && entry.current_version.is_some() {
+            // Not synced yet (new, or its status was lost): its first
+            // reconcile reads this value; the controller queues it anyway.
+            behind.push(entry.arn.clone());
+            continue;
+        }
+        if pinned != Some(entry.arn.as_str()) {
             continue;
         }
         // A rotation still pending after its window: the convergence

@@ -340,7 +340,14 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<S
         ));
     }
 
-    let desc = match ctx.aws.describe_secret(&rc, &sm.name).await? {
+    let me = ctx.owner_tag_value(rs);
+    // A first sync whose secret the sweep just listed needs no describe.
+    let listed = ctx.memory.listed_for(rs, &me, std::time::Instant::now());
+    let found = match listed {
+        Some(meta) => Some(meta),
+        None => ctx.aws.describe_secret(&rc, &sm.name).await?,
+    };
+    let desc = match found {
         Some(desc) => desc,
         // This object's secret was deleted outside rotor (force delete, or
         // the recovery window ran out): its value is gone. Creating a new
@@ -360,7 +367,6 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<S
         }
         None => create_secret(run, &rc, key).await?,
     };
-    let me = ctx.owner_tag_value(rs);
     let desc = check_owner(run, &rc, desc, &me).await?;
     let desc = if desc.deleted {
         ctx.aws.restore_secret(&rc, &desc.arn).await?;

@@ -2,7 +2,7 @@
 //! mirror, rollout), how a failure is recorded, and when to look again.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::jiff::Timestamp;
@@ -19,6 +19,9 @@ use crate::api::conditions::{self, Condition};
 use crate::api::{OWNER_TAG, RotatedSecret, validate};
 use crate::aws::secrets::SecretMeta;
 use crate::{Error, Result};
+
+/// How long a reconcile waits, at the start, for the first sweep.
+const FIRST_SWEEP_WAIT: Duration = Duration::from_secs(60);
 
 /// Which status condition a failure belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +273,13 @@ async fn secret_meta(
 ) -> Result<SecretMeta, (Stage, Error)> {
     let ctx = run.ctx;
     let owner = ctx.owner_tag_value(run.rs);
+    if !*ctx.swept.borrow() {
+        // Starting: the first sweep is about to say what thousands of
+        // describes would. Bounded: a slow or failing AWS must not hold
+        // reconciles back for long.
+        let mut swept = ctx.swept.subscribe();
+        let _ = tokio::time::timeout(FIRST_SWEEP_WAIT, swept.wait_for(|s| *s)).await;
+    }
     let polled = (!converge)
         .then(|| {
             ctx.memory

@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::events::{publish_about, reason};
 use super::status::Run;
+use super::values;
 use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
 use crate::aws::secrets::{SecretMeta, SecretValue};
 use crate::k8s::mirror::{self, Written};
@@ -136,7 +137,18 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &SecretMeta) -> Result<Written
     }
 
     let rc = ctx.aws.region(rs.spec.secrets_manager.region.as_deref());
-    let value = ctx.aws.current_value(&rc, &desc.arn).await?;
+    let batched = match desc.current_version.as_deref() {
+        Some(version) => {
+            ctx.values
+                .take(&desc.arn, version, Instant::now() + values::WAIT)
+                .await
+        }
+        None => None,
+    };
+    let value = match batched {
+        Some(value) => value,
+        None => ctx.aws.current_value(&rc, &desc.arn).await?,
+    };
     let data = render_bounded(&rs.spec.target, &value).await?;
     let dropped = previous.dropped_keys(&generation, &data);
     if !dropped.is_empty() && !rs.spec.target.allow_key_removal {

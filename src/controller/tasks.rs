@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::{Context, poller};
+use super::{Context, poller, values};
 use crate::config::RunArgs;
 use crate::telemetry::Metrics;
 
@@ -15,6 +15,10 @@ pub fn start(ctx: &Arc<Context>, args: &RunArgs, pollers: Vec<poller::Scope>) {
     supervise("sweep", &ctx.metrics, {
         let (ctx, pollers) = (ctx.clone(), pollers.clone());
         move || poller::sweep_loop(ctx.clone(), pollers.clone())
+    });
+    supervise("values", &ctx.metrics, {
+        let ctx = ctx.clone();
+        move || values::work(ctx.clone())
     });
     let Some(queue_url) = args.events_queue_url.clone() else {
         return;
