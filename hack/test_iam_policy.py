@@ -32,6 +32,9 @@ REQUEST_OWNER = "aws:RequestTag/rotor.dev/owner"
 ADOPTABLE = "aws:ResourceTag/rotor.dev/adoptable"
 RELEASED = "aws:ResourceTag/rotor.dev/released-from"
 CLUSTER_PATTERN = "CLUSTER_NAME/*"
+SECRET_ARNS = "arn:aws:secretsmanager:*:ACCOUNT_ID:secret:*"
+GET_VALUE = "secretsmanager:GetSecretValue"
+BATCH_READ = "secretsmanager:BatchGetSecretValue"
 
 # Every AWS SDK operation rotor calls (found in src/aws/ by test_operations_
 # match_the_code) and the IAM actions it needs, per the "Required
@@ -43,6 +46,16 @@ ROTOR_OPERATIONS = {
     "secretsmanager:ListSecrets": {"secretsmanager:ListSecrets"},
     "secretsmanager:DescribeSecret": {"secretsmanager:DescribeSecret"},
     "secretsmanager:GetSecretValue": {"secretsmanager:GetSecretValue", "kms:Decrypt"},
+    # The action itself (it has no resource type, so it is granted on "*"),
+    # and GetSecretValue on each secret it returns: a secret the caller may
+    # not GetSecretValue comes back in Errors, not as a value. rotor passes a
+    # SecretIdList of ARNs and never Filters (which would also need
+    # ListSecrets). With a customer managed key: kms:Decrypt.
+    "secretsmanager:BatchGetSecretValue": {
+        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:GetSecretValue",
+        "kms:Decrypt",
+    },
     # With tags: TagResource; with replicas: ReplicateSecretToRegions; with a
     # customer managed key: GenerateDataKey and Decrypt.
     "secretsmanager:CreateSecret": {
@@ -99,6 +112,9 @@ READ_ONLY = {
     "kms:DescribeKey",
     "kms:ListKeys",
     "kms:ListResourceTags",
+    # Reads values, but only those GetSecretValue allows on each secret:
+    # batch_read_problems() and BatchReads hold the policy to that.
+    BATCH_READ,
 }
 # Actions on an existing secret that only this cluster's secrets may see.
 OWNED_SECRET_ACTIONS = {
@@ -218,6 +234,54 @@ def decide(policy, action, resource, context=None):
     return "ImplicitDeny"
 
 
+def batch_get_secret_value(policy, secrets, filters=False):
+    """BatchGetSecretValue as its API reference describes authorization: the
+    action itself on "*" (it has no resource type), ListSecrets as well when
+    Filters choose the secrets, then GetSecretValue on each secret; a secret
+    that fails that check is reported in Errors instead of its value.
+
+    secrets maps each ARN to the request context of GetSecretValue on it.
+    Returns (ARNs whose values come back, ARNs in Errors), or None when the
+    call itself is denied."""
+    if decide(policy, BATCH_READ, "*") != "Allow":
+        return None
+    if filters and decide(policy, "secretsmanager:ListSecrets", "*") != "Allow":
+        return None
+    values = {arn for arn, context in secrets.items() if decide(policy, GET_VALUE, arn, context) == "Allow"}
+    return values, set(secrets) - values
+
+
+def batch_read_problems(policy):
+    """Ways the policy could let BatchGetSecretValue reach more than
+    GetSecretValue on this cluster's owner-tagged secrets (empty: none)."""
+    problems = []
+    allows = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    batch = [s for s in allows if BATCH_READ in as_list(s["Action"])]
+    if not batch:
+        problems.append("no statement allows BatchGetSecretValue")
+    for s in batch:
+        # "*" is the only resource it is authorized on, so anything granted
+        # alongside it would be granted on every resource of the account.
+        if as_list(s["Action"]) != [BATCH_READ]:
+            problems.append(f"{s['Sid']}: grants {sorted(set(as_list(s['Action'])) - {BATCH_READ})} on its resources")
+        if as_list(s["Resource"]) != ["*"]:
+            problems.append(f"{s['Sid']}: BatchGetSecretValue has no resource type, grant it on \"*\"")
+        for block in s.get("Condition", {}).values():
+            for key in block:
+                if key.startswith("aws:ResourceTag/"):
+                    problems.append(f"{s['Sid']}: no resource, so {key} is never in the request")
+    # The per-secret check that makes "*" safe.
+    getters = [s for s in allows if GET_VALUE in as_list(s["Action"])]
+    if not getters:
+        problems.append("no statement allows GetSecretValue")
+    for s in getters:
+        if as_list(s["Resource"]) != [SECRET_ARNS]:
+            problems.append(f"{s['Sid']}: GetSecretValue on {s['Resource']}")
+        if s.get("Condition", {}).get("StringLike", {}).get(OWNER) != CLUSTER_PATTERN:
+            problems.append(f"{s['Sid']}: GetSecretValue not limited to owner {CLUSTER_PATTERN}")
+    return problems
+
+
 # --- structure ---------------------------------------------------------------
 
 
@@ -268,6 +332,9 @@ class Structure(unittest.TestCase):
         for path in (ROOT / "src").rglob("*.rs"):
             crates.update(re.findall(r"\baws_sdk_([a-z0-9]+)", path.read_text()))
         self.assertLessEqual(crates, set(SDK_CLIENTS.values()), "rotor uses an AWS service this test does not know")
+
+    def test_batch_reads_only_reach_what_get_secret_value_allows(self):
+        self.assertEqual(batch_read_problems(self.policy), [])
 
     def test_no_unconditioned_write_on_every_resource(self):
         for s in self.allows:
@@ -419,6 +486,9 @@ CASES = [
     ("rotate own secret", "secretsmanager:RotateSecret", SECRET, ctx(OWN), "Allow"),
     ("delete another cluster's secret", "secretsmanager:DeleteSecret", SECRET, ctx(OTHER), "ImplicitDeny"),
     ("list secrets", "secretsmanager:ListSecrets", "*", {}, "Allow"),
+    # No resource type: the values it returns are each checked as GetSecretValue
+    # (the two cases above, and BatchReads below).
+    ("batch read values", "secretsmanager:BatchGetSecretValue", "*", {}, "Allow"),
 ]
 CASES += [
     (f"{action} on own secret", f"secretsmanager:{action}", SECRET, ctx(OWN), "Allow")
@@ -535,7 +605,6 @@ CASES += [
      "ImplicitDeny"),
     # nothing broader than asked
     ("random passwords are generated locally", "secretsmanager:GetRandomPassword", "*", {}, "ImplicitDeny"),
-    ("no batch reads", "secretsmanager:BatchGetSecretValue", "*", {}, "ImplicitDeny"),
     ("no new secret versions", "secretsmanager:PutSecretValue", SECRET, ctx(OWN), "ImplicitDeny"),
 ]
 
@@ -553,6 +622,71 @@ class Decisions(unittest.TestCase):
     def test_every_needed_action_has_an_allowed_case(self):
         allowed = {action for _, action, _, _, expected in CASES if expected == "Allow"}
         self.assertEqual(ALLOWED_ACTIONS - allowed, set())
+
+
+def secret_arn(name):
+    return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
+
+
+# One batch of secrets, each with the context of GetSecretValue on it.
+BATCH = {
+    secret_arn("shop/db"): ctx(OWN, standalone=False),
+    secret_arn("shop/api"): ctx({"rotor.dev/owner": "prod/shop/api"}, standalone=False),
+    secret_arn("staging/db"): ctx(OTHER, standalone=False),
+    secret_arn("prod-eu/db"): ctx({"rotor.dev/owner": "prod-eu/shop/db"}, standalone=False),
+    secret_arn("untagged"): ctx(standalone=False),
+    secret_arn("adoptable"): ctx(MARKED, standalone=False),
+    secret_arn("released"): ctx({"rotor.dev/released-from": "prod/shop/db"}, standalone=False),
+}
+OWN_IN_BATCH = {secret_arn("shop/db"), secret_arn("shop/api")}
+
+
+def instantiate(template_text):
+    return load_policy(template_text.replace("CLUSTER_NAME", "prod").replace("ACCOUNT_ID", ACCOUNT))
+
+
+class BatchReads(unittest.TestCase):
+    """BatchGetSecretValue on "*" reads no value GetSecretValue would not."""
+
+    def setUp(self):
+        self.policy = instantiate(POLICY_PATH.read_text())
+
+    def test_only_this_clusters_values_come_back(self):
+        # rotor sends ARNs, never Filters; with Filters the answer must be the
+        # same (ListSecrets is allowed anyway, for the sweep).
+        for filters in (False, True):
+            with self.subTest(filters=filters):
+                result = batch_get_secret_value(self.policy, BATCH, filters=filters)
+                self.assertIsNotNone(result, "the call itself is denied")
+                values, errors = result
+                self.assertEqual(values, OWN_IN_BATCH)
+                self.assertEqual(errors, set(BATCH) - OWN_IN_BATCH)
+
+    def test_values_match_get_secret_value_one_by_one(self):
+        values, _ = batch_get_secret_value(self.policy, BATCH) or (set(), set())
+        one_by_one = {arn for arn, c in BATCH.items() if decide(self.policy, GET_VALUE, arn, c) == "Allow"}
+        self.assertEqual(values, one_by_one)
+
+    def test_widening_is_caught(self):
+        """Policies that would leak values through a batch fail the checks."""
+
+        def get_value_on_batch_statement(sids):
+            sids["BatchReadOwnSecretValues"]["Action"].append(GET_VALUE)
+
+        def owner_condition_dropped(sids):
+            del sids["ReadOwnedSecrets"]["Condition"]
+
+        def get_value_on_everything(sids):
+            sids["ReadOwnedSecrets"]["Resource"] = "*"
+            del sids["ReadOwnedSecrets"]["Condition"]
+
+        for change in (get_value_on_batch_statement, owner_condition_dropped, get_value_on_everything):
+            with self.subTest(change.__name__):
+                template = load_policy()
+                change({s["Sid"]: s for s in template["Statement"]})
+                values, _ = batch_get_secret_value(instantiate(json.dumps(template)), BATCH)
+                self.assertGreater(values, OWN_IN_BATCH, "the widened policy should leak")
+                self.assertNotEqual(batch_read_problems(template), [])
 
 
 class Evaluator(unittest.TestCase):
