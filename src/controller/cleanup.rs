@@ -22,7 +22,7 @@ const KEY_PENDING_DAYS: i32 = 30;
 
 pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     if !rs.finalizers().iter().any(|f| f == FINALIZER) {
-        ctx.memory.forget(rs);
+        ctx.memory.forget(rs, std::time::Instant::now());
         return Ok(Action::await_change());
     }
     match release(rs, ctx).await {
@@ -72,7 +72,7 @@ pub async fn cleanup(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
         .cloned()
         .collect();
     set_finalizers(ctx, rs, finalizers).await?;
-    ctx.memory.forget(rs);
+    ctx.memory.forget(rs, std::time::Instant::now());
     Ok(Action::await_change())
 }
 

@@ -413,9 +413,26 @@ impl Memory {
         owners.retain(|_, arn| secrets.contains_key(arn));
     }
 
-    /// Forgets the object (it is being deleted).
-    pub fn forget(&self, rs: &RotatedSecret) {
-        self.lock().objects.remove(&ObjectRef::from(rs));
+    /// Forgets the object (its deletion is done). What was seen of its
+    /// secret is replaced by a blank sent now: rotor just released or
+    /// deleted it, so no listing sent before (one may be in flight) may make
+    /// it look owned to an object re-created under the same name.
+    pub fn forget(&self, rs: &RotatedSecret, now: Instant) {
+        let mut state = self.lock();
+        state.objects.remove(&ObjectRef::from(rs));
+        if let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) {
+            let blank = Observed {
+                meta: SecretMeta {
+                    arn: arn.clone(),
+                    ..SecretMeta::default()
+                },
+                sent: now,
+                at: now,
+                wall: Timestamp::now(),
+                pending_since: None,
+            };
+            state.secrets.insert(arn, blank);
+        }
     }
 
     /// Entries held: objects and secrets.

@@ -138,7 +138,11 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
                 route(ctx, scopes, &prefix, &entry, &mut behind);
             }
         }
-        ctx.values.prefetch(region, behind);
+        // Batches pay off from two values on; one (an ordinary rotation)
+        // is the reconcile's own GetSecretValue.
+        if behind.len() > 1 {
+            ctx.values.prefetch(region, behind);
+        }
         listings.insert(region.clone(), (sent, arns));
     }
     let live = |key: &ObjectRef<RotatedSecret>, uid: Option<&str>| {

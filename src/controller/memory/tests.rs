@@ -279,7 +279,71 @@ fn an_object_deleted_while_invalid_spec_leaves_no_entry() {
     // Same name, new uid: the store holds another object now.
     m.prune(|_, uid| uid == Some("u10"), &BTreeSet::new(), &HashMap::new());
     assert_eq!(m.len().0, 0);
-    m.forget(&kept);
+}
+
+#[test]
+fn a_released_secret_never_looks_owned_to_an_object_re_created_under_its_name() {
+    let (m, t0) = (memory(), Instant::now());
+    let at = |s| t0 + Duration::from_secs(s);
+    m.set_poll_interval(Duration::from_secs(30));
+    m.swept("us-east-1", at(0));
+    let mut new = rs();
+    new.status = None;
+    m.record(meta(ARN, "v1"), at(0), at(0));
+    assert_eq!(m.listed_for(&new, OWNER, at(1)), Some(meta(ARN, "v1")));
+    // Deleted with Retain: released at 2 s, while a listing sent at 1 s
+    // (still showing the owner tag) is in flight.
+    m.forget(&rs(), at(2));
+    assert!(
+        !m.record(meta(ARN, "v1"), at(1), at(3)),
+        "the older listing loses"
+    );
+    assert_eq!(m.listed_for(&new, OWNER, at(3)), None);
+    // A listing sent later that shows it owned again (re-claimed) counts.
+    m.record(meta(ARN, "v1"), at(4), at(4));
+    assert_eq!(m.listed_for(&new, OWNER, at(4)), Some(meta(ARN, "v1")));
+}
+
+#[test]
+fn a_first_sync_uses_the_listing_only_for_what_it_can_show() {
+    let (m, t0) = (memory(), Instant::now());
+    m.set_poll_interval(Duration::from_secs(30));
+    m.record(meta(ARN, "v1"), t0, t0);
+    let mut new = rs();
+    new.status = None;
+    assert_eq!(m.listed_for(&new, OWNER, t0), None, "no sweep of the region yet");
+    m.swept("us-east-1", t0);
+    assert!(m.listed_for(&new, OWNER, t0).is_some());
+    assert_eq!(m.listed_for(&new, "test/ns/other", t0), None);
+    assert_eq!(m.listed_for(&rs(), OWNER, t0), None, "pinned: describes");
+    let replicated = object(
+        "u1",
+        "secretsManager: {name: a, replicaRegions: [{region: eu-west-1}]}",
+    );
+    let mut replicated = replicated;
+    replicated.status = None;
+    assert_eq!(
+        m.listed_for(&replicated, OWNER, t0),
+        None,
+        "replicas are not listed"
+    );
+    let renamed = object("u1", "secretsManager: {name: b}");
+    let mut renamed = renamed;
+    renamed.status = None;
+    assert_eq!(m.listed_for(&renamed, OWNER, t0), None);
+    m.record(
+        SecretMeta {
+            deleted: true,
+            ..meta(ARN, "v1")
+        },
+        t0 + Duration::from_secs(1),
+        t0,
+    );
+    assert_eq!(
+        m.listed_for(&new, OWNER, t0),
+        None,
+        "scheduled for deletion: describe and restore"
+    );
 }
 
 #[test]
