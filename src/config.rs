@@ -32,7 +32,9 @@ pub struct RunArgs {
     #[arg(long, env = "ROTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Most RotatedSecrets reconciled at the same time.
+    /// Most refreshes, sweep triggers and retries reconciled at the same
+    /// time (0: no limit). New, edited and deleted objects have two more
+    /// slots of their own, so they never wait behind a refresh backlog.
     #[arg(long, env = "ROTOR_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
 

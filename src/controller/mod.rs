@@ -40,6 +40,10 @@ use crate::k8s::rollout::Workloads;
 use crate::telemetry::{Metrics, Readiness};
 use memory::{Memory, Policy};
 
+/// Reconciles the controller runs beyond `--concurrency`, kept for new,
+/// edited and deleted objects.
+const PRIORITY_SLOTS: u16 = 2;
+
 /// Guards AWS-side cleanup; present only while there is some to do.
 pub const FINALIZER: &str = "rotor.dev/cleanup";
 
@@ -63,6 +67,9 @@ pub struct Context {
     pub memory: Memory,
     /// Values read in batches for objects that are behind.
     pub values: values::Values,
+    /// Slots for refreshes and retries (`--concurrency`); new, edited and
+    /// deleted objects do not need one.
+    pub background: Arc<tokio::sync::Semaphore>,
     /// Set once the first sweep has listed every region: a start waits for
     /// it (a little) so that thousands of objects do not each describe.
     pub swept: tokio::sync::watch::Sender<bool>,
@@ -195,6 +202,10 @@ fn context(args: &RunArgs, client: Client, aws: Aws, metrics: Arc<Metrics>, work
         workloads,
         memory,
         values: values::Values::default(),
+        background: Arc::new(tokio::sync::Semaphore::new(match args.concurrency {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n.into(),
+        })),
         swept: tokio::sync::watch::Sender::new(false),
     }
 }
@@ -246,7 +257,10 @@ fn scope_controller(
     let controller = Controller::for_stream(objects, reader)
         .owns_stream(owned)
         .reconcile_on(triggered)
-        .with_config(ControllerConfig::default().concurrency(args.concurrency))
+        .with_config(ControllerConfig::default().concurrency(match args.concurrency {
+            0 => 0,
+            n => n.saturating_add(PRIORITY_SLOTS),
+        }))
         .shutdown_on_signal();
     let poller = poller::Scope {
         store: controller.store(),

@@ -49,6 +49,20 @@ impl Stage {
 
 #[tracing::instrument(skip(rs, ctx), fields(namespace = rs.namespace(), name = %rs.name_any()))]
 pub async fn reconcile(rs: Arc<RotatedSecret>, ctx: Arc<Context>) -> Result<Action> {
+    // Refreshes, sweep triggers and retries take one of `--concurrency`
+    // slots, or step aside for a moment; the controller runs a few more
+    // reconciles than that, so work a user waits for (a new object, an
+    // edit, a deletion) never queues behind a backlog of refreshes.
+    let _slot = match is_priority(&rs) {
+        true => None,
+        false => match ctx.background.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                let wait = rand::rng().random_range(1000..3000);
+                return Ok(Action::requeue(Duration::from_millis(wait)));
+            }
+        },
+    };
     let start = Instant::now();
     let work = async {
         if rs.metadata.deletion_timestamp.is_some() {
@@ -75,6 +89,15 @@ pub async fn reconcile(rs: Arc<RotatedSecret>, ctx: Arc<Context>) -> Result<Acti
         ctx.memory.succeeded(&rs);
     }
     res
+}
+
+/// Work a user is waiting for: a new object, an edited spec, a deletion.
+fn is_priority(rs: &RotatedSecret) -> bool {
+    rs.metadata.deletion_timestamp.is_some()
+        || rs
+            .status
+            .as_ref()
+            .is_none_or(|s| s.observed_generation != rs.metadata.generation)
 }
 
 /// Marks the object after a panic in its reconcile: `Ready` False with
@@ -351,4 +374,27 @@ fn context_problems(run: &Run<'_>) -> Vec<String> {
         ));
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_edited_and_deleted_objects_go_first() {
+        let mut rs = RotatedSecret::new("a", serde_yaml::from_str("secretsManager: {name: x}").unwrap());
+        rs.metadata.generation = Some(2);
+        assert!(is_priority(&rs), "new: no status");
+        rs.status = Some(crate::api::RotatedSecretStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        assert!(is_priority(&rs), "edited");
+        rs.status.as_mut().unwrap().observed_generation = Some(2);
+        assert!(!is_priority(&rs), "a refresh");
+        rs.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::now(),
+        ));
+        assert!(is_priority(&rs), "deleted");
+    }
 }
