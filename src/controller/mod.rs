@@ -240,6 +240,14 @@ fn scope_controller(
     // spec, annotation (rotate-now) and finalizer changes do.
     let objects = watcher(rs_api, watcher::Config::default().any_semantic())
         .default_backoff()
+        // Held for every object for the life of the process: drop what rotor
+        // never reads (often most of an object's bytes).
+        .modify(|rs: &mut RotatedSecret| {
+            rs.metadata.managed_fields = None;
+            if let Some(a) = rs.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
         .reflect(writer)
         .inspect(move |e| {
             if matches!(e, Ok(watcher::Event::InitDone)) {
