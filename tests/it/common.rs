@@ -1,193 +1,185 @@
-//! Test harness: clients for the shared test bed, a namespace and AWS name
-//! prefix per test, and a `rotor` process per test running under exactly the
-//! Helm chart's RBAC.
+//! Test harness: a namespace and AWS name prefix per test, and a `rotor`
+//! process per test running under exactly the Helm chart's RBAC; on top of
+//! the test-bed harness shared with the benchmark (`testbed/`: clients,
+//! the AWS proxy, rotor processes, rotation simulation, polling).
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_secretsmanager::types::Tag;
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
-use rotor::api::RotatedSecret;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rotor::api::{OWNER_TAG, RotatedSecret};
 use serde_json::{Value, json};
+pub use testbed::{AwsProxy, REGION, Rotor, eventually, testbed, uuid_like};
+use testbed::{RotorCommand, random_suffix};
 
 pub const CLUSTER: &str = "test";
-pub const REGION: &str = "us-east-1";
 const TEST_MANAGER: &str = "rotor-tests";
 
-pub struct TestBed {
-    pub admin_kubeconfig: PathBuf,
-    pub rotor_kubeconfig: PathBuf,
-    pub aws_endpoint: String,
-    pub dir: PathBuf,
+// ---------------------------------------------------------------------------
+// AWS clients and state on the test bed's moto.
+// ---------------------------------------------------------------------------
+
+pub fn secrets_manager(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    testbed::aws::secrets_manager(endpoint)
 }
 
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: integration tests need the test bed. Run `make test`, or \
-             `hack/testbed.sh up && . .testbed/env` before `cargo nextest run`."
-        )
-    })
+/// Secrets Manager in `region` (replicas) on the test bed's moto.
+pub fn sm_in(region: &str) -> aws_sdk_secretsmanager::Client {
+    testbed::aws::secrets_manager_in(&testbed().aws_endpoint, region)
 }
 
-pub fn testbed() -> &'static TestBed {
-    static BED: OnceLock<TestBed> = OnceLock::new();
-    BED.get_or_init(|| TestBed {
-        admin_kubeconfig: env_var("ROTOR_TEST_ADMIN_KUBECONFIG").into(),
-        rotor_kubeconfig: env_var("ROTOR_TEST_ROTOR_KUBECONFIG").into(),
-        aws_endpoint: env_var("ROTOR_TEST_AWS_ENDPOINT"),
-        dir: env_var("ROTOR_TEST_DIR").into(),
-    })
-}
-
-pub async fn client_from(path: &Path) -> Client {
-    let kc = Kubeconfig::read_from(path).expect("kubeconfig readable");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
-    Client::try_from(config).expect("client")
+pub fn kms() -> aws_sdk_kms::Client {
+    testbed::aws::kms(&testbed().aws_endpoint)
 }
 
 /// An SQS client for the test bed's moto.
 pub fn sqs() -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new(REGION))
-        .endpoint_url(&testbed().aws_endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    testbed::aws::sqs(&testbed().aws_endpoint)
 }
 
 /// A fresh SQS queue whose messages come back after 2 s if not deleted, and
 /// a client for it.
 pub async fn queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
     let sqs = sqs();
-    let url = sqs
-        .create_queue()
-        .queue_name(format!("{prefix}-{}", uuid_like()))
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")
-        .send()
+    let name = format!("{prefix}-{}", uuid_like());
+    let url = testbed::aws::create_queue(&sqs, &name, Some(2))
         .await
-        .expect("create queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned();
+        .expect("create queue");
     (sqs, url)
 }
 
 /// Messages in a queue, visible or in flight.
 pub async fn queued_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
+    testbed::aws::queued_messages(sqs, url)
         .await
-        .expect("queue attributes");
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    [
-        aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-        aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-    .sum()
+        .expect("queue attributes")
 }
 
-pub fn secrets_manager(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
+/// A call to moto's test-only endpoints (hack/moto_server.py).
+pub fn moto_test(method: &str, path: &str, body: Option<&Value>) -> Value {
+    testbed::aws::moto_test(&testbed().aws_endpoint, method, path, body).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn random_suffix() -> String {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    format!("{n:016x}")[..10].to_owned()
+/// Simulated rotations of `arn` so far (the patched moto's test endpoint).
+pub fn rotations(arn: &str) -> u64 {
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_value(moto_test("GET", "/rotor-test/rotations", None)).unwrap();
+    counts.get(arn).copied().unwrap_or(0)
 }
 
-/// Installs the CRD (exactly what `rotor crd` prints) and the chart's
-/// ClusterRole bound to the `rotor` test user; idempotent.
-async fn install_cluster_wide(admin: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    let crd = rotor::api::crd::crd();
-    let pp = PatchParams::apply(TEST_MANAGER).force();
-    crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-        .await
-        .expect("the generated CRD installs on the API server");
-    eventually("CRD established", Duration::from_secs(30), || async {
-        let c = crds.get(&crd.name_any()).await.ok()?;
-        c.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-
-    let rules_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/charts/rotor/files/clusterrole-rules.yaml"
-    );
-    let rules: Vec<PolicyRule> =
-        serde_yaml::from_str(&std::fs::read_to_string(rules_path).expect("chart rules file"))
-            .expect("rules parse");
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "rotor-test"}, "rules": rules,
-    });
-    Api::<ClusterRole>::all(admin.clone())
-        .patch("rotor-test", &pp, &Patch::Apply(&role))
-        .await
-        .expect("cluster role");
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "rotor-test"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rotor-test"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "rotor"}],
-    });
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch("rotor-test", &pp, &Patch::Apply(&binding))
-        .await
-        .expect("cluster role binding");
+pub fn tags_of(d: &DescribeSecretOutput) -> BTreeMap<String, String> {
+    d.tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
-/// Polls `f` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
+pub fn current_version(d: &DescribeSecretOutput) -> String {
+    d.version_ids_to_stages()
+        .unwrap()
+        .iter()
+        .find(|(_, s)| s.iter().any(|s| s == "AWSCURRENT"))
+        .map(|(v, _)| v.clone())
+        .expect("an AWSCURRENT version")
+}
+
+/// Every KMS key (in any state) whose owner tag names `owner`.
+pub async fn keys_owned_by(owner: &str) -> Vec<String> {
+    let kms = kms();
+    let mut ids = Vec::new();
+    let mut marker = None;
     loop {
-        if let Some(v) = f().await {
-            return v;
+        let page = kms
+            .list_keys()
+            .limit(1000)
+            .set_marker(marker)
+            .send()
+            .await
+            .unwrap();
+        for k in page.keys() {
+            let id = k.key_id().unwrap();
+            let Ok(tags) = kms.list_resource_tags().key_id(id).send().await else {
+                continue;
+            };
+            if tags
+                .tags()
+                .iter()
+                .any(|t| t.tag_key() == OWNER_TAG && t.tag_value() == owner)
+            {
+                ids.push(id.to_owned());
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        marker = page.next_marker().map(str::to_owned);
+        if !page.truncated() || marker.is_none() {
+            return ids;
+        }
     }
 }
+
+/// The key id an alias points at, from ListAliases.
+pub async fn alias_target(alias: &str) -> Option<String> {
+    let kms = kms();
+    let mut marker = None;
+    loop {
+        let page = kms
+            .list_aliases()
+            .limit(100)
+            .set_marker(marker)
+            .send()
+            .await
+            .unwrap();
+        if let Some(a) = page.aliases().iter().find(|a| a.alias_name() == Some(alias)) {
+            return a.target_key_id().map(str::to_owned);
+        }
+        marker = page.next_marker().map(str::to_owned);
+        if !page.truncated() || marker.is_none() {
+            return None;
+        }
+    }
+}
+
+pub async fn key_state(key: &str) -> String {
+    kms()
+        .describe_key()
+        .key_id(key)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_state()
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+/// Calls that are not reads: every operation not starting with Describe/Get/List.
+pub fn writes(calls: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    calls
+        .iter()
+        .filter(|(op, _)| !["Describe", "Get", "List"].iter().any(|p| op.starts_with(p)))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+pub fn reads(calls: &BTreeMap<String, u64>) -> u64 {
+    calls.values().sum::<u64>() - writes(calls).values().sum::<u64>()
+}
+
+// ---------------------------------------------------------------------------
+// One test's world.
+// ---------------------------------------------------------------------------
 
 /// One test's world: its namespace, its AWS name prefix, its rotor process.
 pub struct Env {
@@ -201,8 +193,14 @@ pub struct Env {
 impl Env {
     pub async fn new() -> Env {
         let bed = testbed();
-        let client = client_from(&bed.admin_kubeconfig).await;
-        install_cluster_wide(&client).await;
+        let client = testbed::k8s::client_from(&bed.admin_kubeconfig)
+            .await
+            .unwrap_or_else(|e| panic!("admin client: {e}"));
+        // The CRD (exactly what `rotor crd` prints) and the chart's
+        // ClusterRole bound to the `rotor` test user; idempotent.
+        testbed::k8s::install_cluster_wide(&client, &rotor::api::crd::crd(), TEST_MANAGER, "rotor-test")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let suffix = random_suffix();
         let ns = format!("t-{suffix}");
         Api::<Namespace>::all(client.clone())
@@ -228,16 +226,26 @@ impl Env {
 
     pub fn start_rotor_with_endpoint(&mut self, extra: &[&str], endpoint: &str) {
         self.rotor = None; // stop the previous one first
-        self.rotor = Some(Rotor::start(&self.ns, extra, endpoint));
+        self.rotor = Some(rotor_for(&self.ns, extra, endpoint));
     }
 
     /// Another rotor process for this namespace, alongside `self.rotor`.
     pub fn spawn_rotor(&self, extra: &[&str]) -> Rotor {
-        Rotor::start(&self.ns, extra, &testbed().aws_endpoint)
+        rotor_for(&self.ns, extra, &testbed().aws_endpoint)
+    }
+
+    /// rotor's log so far (empty without a rotor).
+    pub fn rotor_log(&self) -> String {
+        self.rotor.as_ref().map(Rotor::logs).unwrap_or_default()
     }
 
     pub fn aws_name(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// A KMS alias unique to this test (aliases are global per region in moto).
+    pub fn alias(&self, what: &str) -> String {
+        format!("alias/{}{what}", self.prefix)
     }
 
     pub fn owner(&self, rs_name: &str) -> String {
@@ -252,6 +260,8 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    // ------------------------------------------------------------ AWS
+
     /// Creates an AWS secret named `prefix + name`, tagged with `owner` if given.
     pub async fn create_aws_secret(&self, name: &str, value: &str, owner: Option<&str>) -> String {
         let mut req = self
@@ -260,7 +270,7 @@ impl Env {
             .name(self.aws_name(name))
             .secret_string(value);
         if let Some(owner) = owner {
-            req = req.tags(Tag::builder().key(rotor::api::OWNER_TAG).value(owner).build());
+            req = req.tags(Tag::builder().key(OWNER_TAG).value(owner).build());
         }
         req.send()
             .await
@@ -274,40 +284,98 @@ impl Env {
     /// then move AWSCURRENT to it. Returns the new VersionId.
     pub async fn rotate(&self, name: &str, value: &str) -> String {
         let id = self.aws_name(name);
-        let old = self
-            .sm
-            .describe_secret()
-            .secret_id(&id)
-            .send()
+        let old = testbed::aws::current_version(&self.sm, &id)
             .await
-            .unwrap()
-            .version_ids_to_stages()
-            .unwrap()
-            .iter()
-            .find(|(_, s)| s.iter().any(|s| s == "AWSCURRENT"))
-            .map(|(v, _)| v.clone())
-            .unwrap();
-        let token = uuid_like();
-        self.sm
-            .put_secret_value()
-            .secret_id(&id)
-            .client_request_token(&token)
-            .secret_string(value)
-            .version_stages("AWSPENDING")
-            .send()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (token, _) = testbed::aws::rotate(&self.sm, &id, &old, value)
             .await
-            .expect("put AWSPENDING");
-        self.sm
-            .update_secret_version_stage()
-            .secret_id(&id)
-            .version_stage("AWSCURRENT")
-            .move_to_version_id(&token)
-            .remove_from_version_id(old)
-            .send()
-            .await
-            .expect("move AWSCURRENT");
+            .unwrap_or_else(|e| panic!("{e}"));
         token
     }
+
+    pub async fn describe(&self, name: &str) -> DescribeSecretOutput {
+        self.sm
+            .describe_secret()
+            .secret_id(self.aws_name(name))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("describe {name}: {e:?}"))
+    }
+
+    /// DescribeSecret's error code, `None` when the secret exists.
+    pub async fn describe_error(&self, name: &str) -> Option<String> {
+        match self
+            .sm
+            .describe_secret()
+            .secret_id(self.aws_name(name))
+            .send()
+            .await
+        {
+            Ok(_) => None,
+            Err(e) => Some(e.code().unwrap_or("no code").to_owned()),
+        }
+    }
+
+    pub async fn version_count(&self, name: &str) -> usize {
+        self.sm
+            .list_secret_version_ids()
+            .secret_id(self.aws_name(name))
+            .include_deprecated(true)
+            .send()
+            .await
+            .unwrap()
+            .versions()
+            .len()
+    }
+
+    pub async fn current_json(&self, name: &str) -> Value {
+        let out = self
+            .sm
+            .get_secret_value()
+            .secret_id(self.aws_name(name))
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(out.secret_string().unwrap()).expect("a JSON secret")
+    }
+
+    pub async fn policy_of(&self, name: &str) -> Option<Value> {
+        let out = self
+            .sm
+            .get_resource_policy()
+            .secret_id(self.aws_name(name))
+            .send()
+            .await
+            .unwrap();
+        out.resource_policy()
+            .map(|p| serde_json::from_str(p).expect("policy is JSON"))
+    }
+
+    /// Secrets with exactly this name (ListSecrets' name filter is a prefix match).
+    pub async fn secrets_named(&self, name: &str) -> usize {
+        let full = self.aws_name(name);
+        let out = self
+            .sm
+            .list_secrets()
+            .filters(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(&full)
+                    .build(),
+            )
+            .include_planned_deletion(true)
+            .max_results(100)
+            .send()
+            .await
+            .unwrap();
+        out.secret_list()
+            .iter()
+            .filter(|s| s.name() == Some(full.as_str()))
+            .count()
+    }
+
+    // ------------------------------------------------------------ RotatedSecrets
 
     /// Server-side applies a RotatedSecret from a JSON spec.
     pub async fn apply_rs(&self, name: &str, spec: Value) -> RotatedSecret {
@@ -323,6 +391,51 @@ impl Env {
             )
             .await
             .expect("apply RotatedSecret")
+    }
+
+    /// Applies `spec` and waits until it is converged (Ready at its generation).
+    pub async fn apply_ready(&self, name: &str, spec: Value) -> RotatedSecret {
+        self.apply_rs(name, spec).await;
+        self.wait_ready(name).await
+    }
+
+    /// Merge-patches the spec, as `kubectl apply` (client-side) or `kubectl edit`
+    /// do. Used to remove a field: on the 1.20 test bed, server-side apply turns a
+    /// removed `rotation` into `rotation: {}` and a removed `resourcePolicy` into
+    /// `null`, both of which the schema rejects.
+    pub async fn merge_spec(&self, name: &str, spec_patch: Value) {
+        self.rs_api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec_patch})),
+            )
+            .await
+            .expect("merge-patch spec");
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.rs_api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+    }
+
+    pub async fn delete_and_wait_gone(&self, name: &str, timeout: Duration) {
+        self.rs_api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete RotatedSecret");
+        let deadline = Instant::now() + timeout;
+        while self.rs_api().get_opt(name).await.unwrap().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} still present after {timeout:?} (finalizer not removed)\nrotor log:\n{}",
+                self.rotor_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until the RotatedSecret satisfies `pred`; on timeout, dumps its
@@ -344,11 +457,31 @@ impl Env {
                     "timed out waiting for {what} on {}/{name}\nstatus: {}\nrotor log:\n{}",
                     self.ns,
                     serde_json::to_string_pretty(&rs.status).unwrap(),
-                    self.rotor.as_ref().map(Rotor::logs).unwrap_or_default()
+                    self.rotor_log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Ready=True for the object's current generation.
+    pub async fn wait_ready(&self, name: &str) -> RotatedSecret {
+        let generation = self.rs_api().get(name).await.unwrap().metadata.generation;
+        self.wait_rs(name, "Ready=True at the current generation", |rs| {
+            rs.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == generation)
+                && condition(rs, "Ready")
+                    .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+        })
+        .await
+    }
+
+    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> RotatedSecret {
+        self.wait_rs(name, &format!("{type_}={status} ({reason})"), |rs| {
+            condition(rs, type_).is_some_and(|c| c.status == status && c.reason == reason)
+        })
+        .await
     }
 
     /// Creates `spec` as raw JSON (so even what the Rust type would refuse
@@ -381,13 +514,6 @@ impl Env {
         );
     }
 
-    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> RotatedSecret {
-        self.wait_rs(name, &format!("{type_}={status} ({reason})"), |rs| {
-            condition(rs, type_).is_some_and(|c| c.status == status && c.reason == reason)
-        })
-        .await
-    }
-
     pub async fn secret_data(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
         let s = self.secret_api().get_opt(name).await.expect("get Secret")?;
         Some(
@@ -399,6 +525,8 @@ impl Env {
         )
     }
 
+    // ------------------------------------------------------------ Events
+
     pub async fn events(&self) -> Vec<Event> {
         Api::<Event>::namespaced(self.client.clone(), &self.ns)
             .list(&ListParams::default())
@@ -407,10 +535,31 @@ impl Env {
             .items
     }
 
+    /// Events with `reason` about the object `name`.
+    pub async fn events_for(&self, name: &str, reason: &str) -> Vec<Event> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .collect()
+    }
+
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
+        eventually(
+            &format!("a {reason} event for {name}"),
+            Duration::from_secs(20),
+            || async { self.events_for(name, reason).await.into_iter().next() },
+        )
+        .await
+    }
+
     /// Asserts no value appears in rotor's log, this namespace's Events, or
     /// any RotatedSecret's status.
     pub async fn assert_no_leak(&self, values: &[&str]) {
-        let logs = self.rotor.as_ref().map(Rotor::logs).unwrap_or_default();
+        let logs = self.rotor_log();
         let events = serde_json::to_string(&self.events().await).unwrap();
         let statuses = serde_json::to_string(
             &self
@@ -437,115 +586,37 @@ pub fn condition<'a>(rs: &'a RotatedSecret, type_: &str) -> Option<&'a rotor::ap
     rs.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
-pub fn uuid_like() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::rng().random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 /// A `rotor run` process for one namespace, under the chart's RBAC.
-pub struct Rotor {
-    child: Child,
-    log: PathBuf,
-    pub metrics_port: u16,
-}
-
-impl Rotor {
-    fn start(ns: &str, extra: &[&str], endpoint: &str) -> Rotor {
-        let bed = testbed();
-        let log = bed.dir.join(format!("rotor-{ns}-{}.log", random_suffix()));
-        let out = std::fs::File::create(&log).expect("log file");
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_rotor"))
-            .arg("run")
-            .args(["--namespace", ns, "--min-refresh-interval", "1s"])
-            // A test may run rotor as a cluster of its own, so that the
-            // version sweep lists only that test's secrets.
-            .args(
-                (!extra.contains(&"--cluster-name"))
-                    .then_some(["--cluster-name", CLUSTER])
-                    .into_iter()
-                    .flatten(),
-            )
-            // Tests send rotate-now tokens back to back; the spacing has its
-            // own test, which passes the default.
-            .args(
-                (!extra.contains(&"--rotate-now-min-interval"))
-                    .then_some(["--rotate-now-min-interval", "100ms"])
-                    .into_iter()
-                    .flatten(),
-            )
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &bed.rotor_kubeconfig)
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+fn rotor_for(ns: &str, extra: &[&str], endpoint: &str) -> Rotor {
+    let bed = testbed();
+    let mut args: Vec<String> = vec![
+        "--namespace".into(),
+        ns.into(),
+        "--min-refresh-interval".into(),
+        "1s".into(),
+    ];
+    // A test may run rotor as a cluster of its own, so that the version
+    // sweep lists only that test's secrets.
+    if !extra.contains(&"--cluster-name") {
+        args.extend(["--cluster-name".into(), CLUSTER.into()]);
+    }
+    // Tests send rotate-now tokens back to back; the spacing has its own
+    // test, which passes the default.
+    if !extra.contains(&"--rotate-now-min-interval") {
+        args.extend(["--rotate-now-min-interval".into(), "100ms".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Rotor::spawn(&RotorCommand {
+        bin: env!("CARGO_BIN_EXE_rotor").into(),
+        kubeconfig: bed.rotor_kubeconfig.clone(),
+        aws_endpoint: endpoint.to_owned(),
+        log: bed.dir.join(format!("rotor-{ns}-{}.log", random_suffix())),
+        args,
+        env: vec![
             // moto answers unimplemented paths with HTML 500s: no SDK retries.
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .env("RUST_LOG", "info,rotor=debug")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start rotor");
-        Rotor {
-            child,
-            log,
-            metrics_port,
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for /readyz to answer 200 (caches synced).
-    pub async fn wait_ready(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
-        eventually("/readyz to be 200", Duration::from_secs(20), || async {
-            let out = Command::new("curl").args(["-sf", &url]).output().ok()?;
-            out.status.success().then_some(())
-        })
-        .await
-    }
-
-    /// Whether the process is still running (no crash, no exit).
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        eventually("metrics endpoint", Duration::from_secs(10), || async {
-            let out = Command::new("curl").args(["-sf", &url]).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        })
-        .await
-    }
-}
-
-impl Drop for Rotor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            ("AWS_MAX_ATTEMPTS".into(), "1".into()),
+            ("RUST_LOG".into(), "info,rotor=debug".into()),
+        ],
+    })
+    .expect("start rotor")
 }

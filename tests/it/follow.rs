@@ -22,8 +22,9 @@ use rotor::api::{RotatedSecret, WorkloadKind};
 use rotor::k8s::rollout::annotation_key;
 use serde_json::{Value, json};
 
-use crate::common::{Env, REGION, condition, eventually, queue, queued_messages, testbed, uuid_like};
-use crate::proxy::AwsProxy;
+use crate::common::{
+    AwsProxy, Env, REGION, condition, eventually, queue, queued_messages, testbed, uuid_like,
+};
 
 use WorkloadKind::{DaemonSet as Ds, Deployment as Deploy, StatefulSet as Sts};
 
@@ -180,7 +181,7 @@ async fn assert_rolled(
             bumps,
             "{kind:?} {name}: expected {bumps} pod-template change(s), annotations now {:?}\nrotor log:\n{}",
             now.annotations,
-            rotor_log(env)
+            env.rotor_log()
         );
         assert_eq!(
             now.rolled_for(secret),
@@ -194,10 +195,6 @@ async fn assert_rolled(
             "{kind:?} {name}: other template annotations survive"
         );
     }
-}
-
-fn rotor_log(env: &Env) -> String {
-    env.rotor.as_ref().map(|r| r.logs()).unwrap_or_default()
 }
 
 /// Creates the AWS secret (owned by the object) and applies a RotatedSecret
@@ -390,7 +387,7 @@ async fn the_sweep_triggers_only_the_changed_object() {
         count(&calls, "GetSecretValue"),
         1,
         "one read, for the rotated secret only: {calls:?}\nrotor log:\n{}",
-        rotor_log(&env)
+        env.rotor_log()
     );
     assert_eq!(
         count(&calls, "DescribeSecret"),
@@ -435,7 +432,7 @@ async fn nothing_changed_costs_only_list_secrets() {
     // Poll interval: 1 s (the smallest refreshInterval): about six sweeps.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let calls = proxy.calls();
-    let diag = format!("{calls:?}\nrotor log:\n{}", rotor_log(&env));
+    let diag = format!("{calls:?}\nrotor log:\n{}", env.rotor_log());
     assert_eq!(count(&calls, "GetSecretValue"), 0, "{diag}");
     assert_eq!(count(&calls, "DescribeSecret"), 0, "{diag}");
     assert!(
@@ -943,7 +940,7 @@ async fn an_sqs_event_makes_the_secret_follow_at_once() {
         ) >= 1.0,
         "{m}"
     );
-    let logs = rotor_log(&env);
+    let logs = env.rotor_log();
     assert!(logs.contains("dropping unreadable event message"), "{logs}");
     assert!(!logs.contains("panicked"), "{logs}");
     env.assert_no_leak(&["event-pw-1-Ny6", "event-pw-2-Ny6"]).await;

@@ -10,9 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::common::{CLUSTER, Env, condition, eventually, testbed};
-use crate::provision::{annotate, apply_ready, describe_error, keys_owned_by, merge_spec, rotations};
-use crate::proxy::AwsProxy;
+use crate::common::{AwsProxy, CLUSTER, Env, condition, eventually, keys_owned_by, rotations, testbed};
 
 const LAMBDA: &str = "arn:aws:lambda:us-east-1:123456789012:function:secret-rotation";
 const FOREIGN_LAMBDA: &str = "arn:aws:lambda:us-east-1:999999999999:function:exfiltrate";
@@ -34,17 +32,6 @@ enum Expect {
 
 use Expect::*;
 
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(base), Value::Object(patch)) => {
-            for (k, v) in patch {
-                merge(base.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (base, patch) => *base = patch,
-    }
-}
-
 /// Applies with annotations (rotate-now rows), server-side, as a user would.
 async fn apply_with(env: &Env, name: &str, spec: &Value, annotations: &Value) {
     let obj = json!({
@@ -62,7 +49,7 @@ async fn apply_with(env: &Env, name: &str, spec: &Value, annotations: &Value) {
 }
 
 async fn aws_secret_exists(env: &Env, name: &str) -> bool {
-    match describe_error(env, name).await.as_deref() {
+    match env.describe_error(name).await.as_deref() {
         None => true,
         Some("ResourceNotFoundException") => false,
         Some(code) => panic!("{name}: describe: {code}"),
@@ -105,13 +92,13 @@ async fn hostile_and_mistaken_objects_are_contained() {
         .await
         .unwrap();
 
-    let canary = apply_ready(
-        &env,
-        "canary",
-        json!({"secretsManager": {"name": env.aws_name("canary"), "initialValue": {"string": "canary-1"}},
+    let canary = env
+        .apply_ready(
+            "canary",
+            json!({"secretsManager": {"name": env.aws_name("canary"), "initialValue": {"string": "canary-1"}},
                "refreshInterval": "1s"}),
-    )
-    .await;
+        )
+        .await;
     assert!(canary.status.unwrap().arn.is_some());
 
     let base = |name: &str| {
@@ -123,7 +110,7 @@ async fn hostile_and_mistaken_objects_are_contained() {
     };
     let spec = |name: &str, patch: Value| {
         let mut s = base(name);
-        merge(&mut s, patch);
+        testbed::merge_json(&mut s, patch);
         s
     };
     let rotation = json!({"rotation": {"lambdaArn": LAMBDA, "schedule": "rate(7 days)"}});
@@ -718,24 +705,20 @@ async fn hostile_and_mistaken_objects_are_contained() {
     // in three ways, rotate their AWS secrets, and the Secrets follow.
     let freeze = ["f-schedule", "f-tag", "f-rotate-now"];
     for name in freeze {
-        apply_ready(&env, name, spec(name, rotation.clone())).await;
+        env.apply_ready(name, spec(name, rotation.clone())).await;
     }
-    merge_spec(
-        &env,
-        "f-schedule",
-        json!({"rotation": {"schedule": "rate(2 hours)"}}),
-    )
-    .await;
+    env.merge_spec("f-schedule", json!({"rotation": {"schedule": "rate(2 hours)"}}))
+        .await;
     proxy.fault_spec(json!({"operation": "TagResource", "count": -1, "kind": "error",
                             "code": "ValidationException", "status": 400}));
-    merge_spec(
-        &env,
+    env.merge_spec(
         "f-tag",
         json!({"secretsManager": {"tags": {"team": "refused-by-aws"}}}),
     )
     .await;
-    merge_spec(&env, "f-rotate-now", json!({"rotation": null})).await;
-    annotate(&env, "f-rotate-now", "rotor.dev/rotate-now", "please").await;
+    env.merge_spec("f-rotate-now", json!({"rotation": null})).await;
+    env.annotate("f-rotate-now", "rotor.dev/rotate-now", "please")
+        .await;
     env.wait_condition("f-schedule", "Ready", "False", "InvalidSpec")
         .await;
     env.wait_rs("f-tag", "SecretReady=False", |rs| {
@@ -769,14 +752,16 @@ async fn hostile_and_mistaken_objects_are_contained() {
     proxy.clear_faults();
 
     // rotate-now cannot be looped: a second token within the spacing waits.
-    let spaced = apply_ready(&env, "spacing", spec("spacing", rotation.clone())).await;
+    let spaced = env
+        .apply_ready("spacing", spec("spacing", rotation.clone()))
+        .await;
     let arn = spaced.status.unwrap().arn.unwrap();
-    annotate(&env, "spacing", "rotor.dev/rotate-now", "a").await;
+    env.annotate("spacing", "rotor.dev/rotate-now", "a").await;
     env.wait_rs("spacing", "token a handled", |rs| {
         rs.status.as_ref().and_then(|s| s.rotate_now_token.as_deref()) == Some("a")
     })
     .await;
-    annotate(&env, "spacing", "rotor.dev/rotate-now", "b").await;
+    env.annotate("spacing", "rotor.dev/rotate-now", "b").await;
     env.wait_condition("spacing", "RotationConfigured", "False", "RotateNowTooSoon")
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -785,7 +770,7 @@ async fn hostile_and_mistaken_objects_are_contained() {
     // A value whose shape changes (JSON object to plain string) does not
     // silently drop the Secret's keys: the last good Secret stays until the
     // spec accepts the new shape.
-    apply_ready(&env, "k-shape", spec("k-shape", json!({}))).await;
+    env.apply_ready("k-shape", spec("k-shape", json!({}))).await;
     let reshaped = env.rotate("k-shape", "now-a-plain-string").await;
     let rs = env
         .wait_condition("k-shape", "Synced", "False", "KeysRemoved")
@@ -796,7 +781,8 @@ async fn hostile_and_mistaken_objects_are_contained() {
         PASSWORD,
         "the last good Secret stays"
     );
-    merge_spec(&env, "k-shape", json!({"target": {"allowKeyRemoval": true}})).await;
+    env.merge_spec("k-shape", json!({"target": {"allowKeyRemoval": true}}))
+        .await;
     env.wait_rs("k-shape", "the new shape accepted", |rs| {
         rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(reshaped.as_str())
     })
@@ -838,13 +824,13 @@ async fn a_failing_region_does_not_slow_the_others() {
     let mut env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    let home = apply_ready(
-        &env,
-        "home",
-        json!({"secretsManager": {"name": env.aws_name("home"), "initialValue": {"string": "home-1"}},
+    let home = env
+        .apply_ready(
+            "home",
+            json!({"secretsManager": {"name": env.aws_name("home"), "initialValue": {"string": "home-1"}},
                "refreshInterval": "1s"}),
-    )
-    .await;
+        )
+        .await;
     assert!(home.status.unwrap().arn.is_some());
     proxy.fault_spec(
         json!({"operation": "*", "region": "ap-southeast-4", "count": -1, "kind": "error",
@@ -867,7 +853,7 @@ async fn a_failing_region_does_not_slow_the_others() {
     // not ask AWS.
     let before = proxy.calls_by_region();
     for touch in 0..8 {
-        annotate(&env, "home", "test/touch", &touch.to_string()).await;
+        env.annotate("home", "test/touch", &touch.to_string()).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let after = proxy.calls_by_region();
@@ -1073,7 +1059,7 @@ async fn a_fifth_of_aws_calls_failing_loses_nothing() {
         }
     }
     assert_eq!(names.len(), N, "one AWS secret per object: {names:?}");
-    let kms = crate::provision::kms();
+    let kms = crate::common::kms();
     let mut live = 0;
     for i in 0..N {
         for key in keys_owned_by(&env.owner(&format!("f{i}"))).await {
@@ -1117,8 +1103,7 @@ async fn an_adopted_secret_keeps_what_rotor_did_not_add() {
         .send()
         .await
         .expect("add a replica");
-    apply_ready(
-        &env,
+    env.apply_ready(
         "adopted",
         json!({"secretsManager": {"name": env.aws_name("adopted"), "adopt": true,
                                   "deletionPolicy": "Delete", "recoveryWindowInDays": 0},

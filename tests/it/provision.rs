@@ -20,342 +20,24 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
-use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, Patch, PatchParams};
-use rotor::api::RotatedSecret;
+use aws_sdk_secretsmanager::types::Tag;
+use rotor::api::{OWNER_TAG, RotatedSecret};
 use serde_json::{Value, json};
 
-use crate::common::{CLUSTER, Env, REGION, condition, eventually, testbed};
-use crate::proxy::AwsProxy;
+use crate::common::{
+    AwsProxy, CLUSTER, Env, alias_target, condition, current_version, eventually, key_state, keys_owned_by,
+    kms, reads, rotations, sm_in, tags_of, testbed, writes,
+};
 
 const LAMBDA: &str = "arn:aws:lambda:us-east-1:123456789012:function:secret-rotation";
-const OWNER_TAG: &str = "rotor.dev/owner";
 /// The seed's exclusions: `"@/\`.
 const EXCLUDED: &str = "\"@/\\";
 const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 // ---------------------------------------------------------------------------
-// Helpers: AWS clients and state, proxy counts, waiting.
+// Fixtures: the api.md example.
 // ---------------------------------------------------------------------------
-
-pub(crate) fn kms() -> aws_sdk_kms::Client {
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .region(aws_sdk_kms::config::Region::new(REGION))
-        .endpoint_url(&testbed().aws_endpoint)
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
-        .build();
-    aws_sdk_kms::Client::from_conf(conf)
-}
-
-fn sm_in(region: &str) -> aws_sdk_secretsmanager::Client {
-    let base = crate::common::secrets_manager(&testbed().aws_endpoint);
-    aws_sdk_secretsmanager::Client::from_conf(
-        base.config()
-            .to_builder()
-            .region(aws_sdk_secretsmanager::config::Region::new(region.to_owned()))
-            .build(),
-    )
-}
-
-/// A KMS alias unique to this test (aliases are global per region in moto).
-fn alias(env: &Env, what: &str) -> String {
-    format!("alias/{}{what}", env.prefix)
-}
-
-pub(crate) async fn describe(env: &Env, name: &str) -> DescribeSecretOutput {
-    env.sm
-        .describe_secret()
-        .secret_id(env.aws_name(name))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("describe {name}: {e:?}"))
-}
-
-/// DescribeSecret's error code, `None` when the secret exists.
-pub(crate) async fn describe_error(env: &Env, name: &str) -> Option<String> {
-    match env
-        .sm
-        .describe_secret()
-        .secret_id(env.aws_name(name))
-        .send()
-        .await
-    {
-        Ok(_) => None,
-        Err(e) => Some(e.code().unwrap_or("no code").to_owned()),
-    }
-}
-
-fn tags_of(d: &DescribeSecretOutput) -> BTreeMap<String, String> {
-    d.tags()
-        .iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or_default().to_owned(),
-                t.value().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn current_version(d: &DescribeSecretOutput) -> String {
-    d.version_ids_to_stages()
-        .unwrap()
-        .iter()
-        .find(|(_, s)| s.iter().any(|s| s == "AWSCURRENT"))
-        .map(|(v, _)| v.clone())
-        .expect("an AWSCURRENT version")
-}
-
-async fn version_count(env: &Env, name: &str) -> usize {
-    env.sm
-        .list_secret_version_ids()
-        .secret_id(env.aws_name(name))
-        .include_deprecated(true)
-        .send()
-        .await
-        .unwrap()
-        .versions()
-        .len()
-}
-
-async fn current_json(env: &Env, name: &str) -> Value {
-    let out = env
-        .sm
-        .get_secret_value()
-        .secret_id(env.aws_name(name))
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_str(out.secret_string().unwrap()).expect("a JSON secret")
-}
-
-async fn policy_of(env: &Env, name: &str) -> Option<Value> {
-    let out = env
-        .sm
-        .get_resource_policy()
-        .secret_id(env.aws_name(name))
-        .send()
-        .await
-        .unwrap();
-    out.resource_policy()
-        .map(|p| serde_json::from_str(p).expect("policy is JSON"))
-}
-
-/// Secrets with exactly this name (ListSecrets' name filter is a prefix match).
-async fn secrets_named(env: &Env, name: &str) -> usize {
-    let full = env.aws_name(name);
-    let out = env
-        .sm
-        .list_secrets()
-        .filters(
-            Filter::builder()
-                .key(FilterNameStringType::Name)
-                .values(&full)
-                .build(),
-        )
-        .include_planned_deletion(true)
-        .max_results(100)
-        .send()
-        .await
-        .unwrap();
-    out.secret_list()
-        .iter()
-        .filter(|s| s.name() == Some(full.as_str()))
-        .count()
-}
-
-/// Simulated rotations of `arn` so far (the patched moto's test endpoint).
-pub(crate) fn rotations(arn: &str) -> u64 {
-    let url = format!("{}/rotor-test/rotations", testbed().aws_endpoint);
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &url])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "GET /rotor-test/rotations failed");
-    let counts: BTreeMap<String, u64> = serde_json::from_slice(&out.stdout).unwrap();
-    counts.get(arn).copied().unwrap_or(0)
-}
-
-/// Every KMS key (in any state) whose owner tag names `owner`.
-pub(crate) async fn keys_owned_by(owner: &str) -> Vec<String> {
-    let kms = kms();
-    let mut ids = Vec::new();
-    let mut marker = None;
-    loop {
-        let page = kms
-            .list_keys()
-            .limit(1000)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        for k in page.keys() {
-            let id = k.key_id().unwrap();
-            let Ok(tags) = kms.list_resource_tags().key_id(id).send().await else {
-                continue;
-            };
-            if tags
-                .tags()
-                .iter()
-                .any(|t| t.tag_key() == OWNER_TAG && t.tag_value() == owner)
-            {
-                ids.push(id.to_owned());
-            }
-        }
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            return ids;
-        }
-    }
-}
-
-/// The key id an alias points at, from ListAliases.
-async fn alias_target(alias: &str) -> Option<String> {
-    let kms = kms();
-    let mut marker = None;
-    loop {
-        let page = kms
-            .list_aliases()
-            .limit(100)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        if let Some(a) = page.aliases().iter().find(|a| a.alias_name() == Some(alias)) {
-            return a.target_key_id().map(str::to_owned);
-        }
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            return None;
-        }
-    }
-}
-
-async fn key_state(key: &str) -> String {
-    kms()
-        .describe_key()
-        .key_id(key)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_state()
-        .unwrap()
-        .as_str()
-        .to_owned()
-}
-
-/// Calls that are not reads: every operation not starting with Describe/Get/List.
-fn writes(calls: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    calls
-        .iter()
-        .filter(|(op, _)| !["Describe", "Get", "List"].iter().any(|p| op.starts_with(p)))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
-}
-
-fn reads(calls: &BTreeMap<String, u64>) -> u64 {
-    calls.values().sum::<u64>() - writes(calls).values().sum::<u64>()
-}
-
-/// The proxy's active fault rules (empty once every injected fault fired).
-fn active_faults(proxy: &AwsProxy) -> Vec<Value> {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &format!("{}/_proxy/faults", proxy.url)])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).expect("faults are a JSON list")
-}
-
-pub(crate) fn rotor_log(env: &Env) -> String {
-    env.rotor.as_ref().map(|r| r.logs()).unwrap_or_default()
-}
-
-/// Ready=True for the object's current generation.
-pub(crate) async fn wait_ready(env: &Env, name: &str) -> RotatedSecret {
-    let generation = env.rs_api().get(name).await.unwrap().metadata.generation;
-    env.wait_rs(name, "Ready=True at the current generation", |rs| {
-        rs.status
-            .as_ref()
-            .is_some_and(|s| s.observed_generation == generation)
-            && condition(rs, "Ready")
-                .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
-    })
-    .await
-}
-
-/// Applies `spec` and waits until it is converged (Ready at its generation).
-pub(crate) async fn apply_ready(env: &Env, name: &str, spec: Value) -> RotatedSecret {
-    env.apply_rs(name, spec).await;
-    wait_ready(env, name).await
-}
-
-/// Merge-patches the spec, as `kubectl apply` (client-side) or `kubectl edit`
-/// do. Used to remove a field: on the 1.20 test bed, server-side apply turns a
-/// removed `rotation` into `rotation: {}` and a removed `resourcePolicy` into
-/// `null`, both of which the schema rejects.
-pub(crate) async fn merge_spec(env: &Env, name: &str, spec_patch: Value) {
-    env.rs_api()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": spec_patch})),
-        )
-        .await
-        .expect("merge-patch spec");
-}
-
-pub(crate) async fn annotate(env: &Env, name: &str, key: &str, value: &str) {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    env.rs_api()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
-}
-
-async fn events_for(env: &Env, name: &str, reason: &str) -> Vec<Event> {
-    env.events()
-        .await
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-        .collect()
-}
-
-async fn wait_event(env: &Env, name: &str, reason: &str) -> Event {
-    eventually(
-        &format!("a {reason} event for {name}"),
-        Duration::from_secs(20),
-        || async { events_for(env, name, reason).await.into_iter().next() },
-    )
-    .await
-}
-
-async fn delete_and_wait_gone(env: &Env, name: &str, timeout: Duration) {
-    env.rs_api()
-        .delete(name, &DeleteParams::default())
-        .await
-        .expect("delete RotatedSecret");
-    let deadline = Instant::now() + timeout;
-    while env.rs_api().get_opt(name).await.unwrap().is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "{name} still present after {timeout:?} (finalizer not removed)\nrotor log:\n{}",
-            rotor_log(env)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn seed_policy() -> Value {
     // Not public: a Deny, and scoped by a Condition.
@@ -423,14 +105,11 @@ fn assert_rotation(d: &DescribeSecretOutput, schedule: &str, window: Option<&str
 #[tokio::test]
 async fn seed_example_creates_key_alias_and_secret() {
     let mut env = Env::new().await;
-    let alias = alias(&env, "shop-secrets");
+    let alias = env.alias("shop-secrets");
     env.start_rotor(&[]);
-    let rs = apply_ready(
-        &env,
-        "db-credentials",
-        seed_spec(&env, "shop/db-credentials", &alias),
-    )
-    .await;
+    let rs = env
+        .apply_ready("db-credentials", seed_spec(&env, "shop/db-credentials", &alias))
+        .await;
     let me = env.owner("db-credentials");
 
     // Conditions and status.
@@ -468,7 +147,7 @@ async fn seed_example_creates_key_alias_and_secret() {
     assert_eq!(keys_owned_by(&me).await, vec![meta.key_id().to_owned()]);
 
     // The secret.
-    let d = describe(&env, "shop/db-credentials").await;
+    let d = env.describe("shop/db-credentials").await;
     assert_eq!(d.arn(), Some(arn.as_str()));
     assert_eq!(d.description(), Some("Database credentials for the shop"));
     assert_eq!(d.kms_key_id(), Some(key_arn.as_str()));
@@ -479,7 +158,7 @@ async fn seed_example_creates_key_alias_and_secret() {
     assert_eq!(tags.len(), 3, "{tags:?}");
 
     // The value: the template plus a 20-character password honouring the rules.
-    let value = current_json(&env, "shop/db-credentials").await;
+    let value = env.current_json("shop/db-credentials").await;
     assert_eq!(value["engine"], "mysql");
     assert_eq!(value["username"], "admin");
     assert_eq!(value["dbname"], "myapp");
@@ -513,10 +192,10 @@ async fn seed_example_creates_key_alias_and_secret() {
     );
 
     // Policy and rotation; and no rotation happened (config only).
-    assert_eq!(policy_of(&env, "shop/db-credentials").await, Some(seed_policy()));
+    assert_eq!(env.policy_of("shop/db-credentials").await, Some(seed_policy()));
     assert_rotation(&d, "rate(7 days)", Some("2h"));
     assert_eq!(
-        version_count(&env, "shop/db-credentials").await,
+        env.version_count("shop/db-credentials").await,
         1,
         "exactly one version"
     );
@@ -539,8 +218,8 @@ async fn seed_example_creates_key_alias_and_secret() {
     );
     assert_eq!(data.len(), 1);
 
-    wait_event(&env, "db-credentials", "KmsKeyCreated").await;
-    wait_event(&env, "db-credentials", "Created").await;
+    env.wait_event("db-credentials", "KmsKeyCreated").await;
+    env.wait_event("db-credentials", "Created").await;
     env.assert_no_leak(&[&password]).await;
 }
 
@@ -555,11 +234,11 @@ async fn unchanged_reconciles_make_zero_aws_writes() {
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
     let flags = ["--drift-interval", "1s"];
     env.start_rotor_with_endpoint(&flags, &proxy.url);
-    let mut spec = seed_spec(&env, "db", &alias(&env, "key"));
+    let mut spec = seed_spec(&env, "db", &env.alias("key"));
     spec["secretsManager"]["replicaRegions"] = json!([{"region": "us-west-2"}]);
     spec["secretsManager"]["deletionPolicy"] = json!("Delete");
     spec["secretsManager"]["recoveryWindowInDays"] = json!(7);
-    let rs = apply_ready(&env, "db", spec).await;
+    let rs = env.apply_ready("db", spec).await;
     let arn = rs.status.unwrap().arn.unwrap();
     let created = proxy.calls();
     for op in [
@@ -599,10 +278,10 @@ async fn unchanged_reconciles_make_zero_aws_writes() {
     assert_eq!(writes(&calls), BTreeMap::new(), "writes after restart: {calls:?}");
     assert!(reads(&calls) > 0);
     assert_eq!(
-        condition(&wait_ready(&env, "db").await, "Ready").unwrap().status,
+        condition(&env.wait_ready("db").await, "Ready").unwrap().status,
         "True"
     );
-    assert_eq!(version_count(&env, "db").await, 1);
+    assert_eq!(env.version_count("db").await, 1);
     assert_eq!(rotations(&arn), 0);
 }
 
@@ -627,16 +306,16 @@ async fn a_lost_response_after_each_write_converges_without_duplicates() {
     ];
     for (i, (op, immediately)) in cases.into_iter().enumerate() {
         let name = format!("crash-{i}");
-        let key_alias = alias(&env, &format!("crash-{i}"));
+        let key_alias = env.alias(&format!("crash-{i}"));
         let mut spec = seed_spec(&env, &name, &key_alias);
         spec["target"] = json!({"name": name});
         spec["rotation"]["rotateImmediately"] = json!(immediately);
         proxy.reset();
         proxy.fault(op, 1, "after", None);
         env.apply_rs(&name, spec).await;
-        let rs = wait_ready(&env, &name).await;
+        let rs = env.wait_ready(&name).await;
         let ctx = format!("{op} (rotateImmediately {immediately})");
-        assert!(active_faults(&proxy).is_empty(), "{ctx}: the fault fired");
+        assert!(proxy.active_faults().is_empty(), "{ctx}: the fault fired");
         let calls = proxy.calls();
         assert_eq!(
             calls.get(op),
@@ -644,7 +323,7 @@ async fn a_lost_response_after_each_write_converges_without_duplicates() {
             "{ctx}: the lost write was recognised, not repeated: {calls:?}"
         );
         assert!(
-            rotor_log(&env).contains(&format!("AWS {op} failed")),
+            env.rotor_log().contains(&format!("AWS {op} failed")),
             "{ctx}: rotor saw the error"
         );
 
@@ -653,8 +332,8 @@ async fn a_lost_response_after_each_write_converges_without_duplicates() {
         assert_eq!(keys.len(), 1, "{ctx}: exactly one key for {me}: {keys:?}");
         assert_eq!(alias_target(&key_alias).await.as_ref(), Some(&keys[0]), "{ctx}");
         assert_eq!(key_state(&keys[0]).await, "Enabled", "{ctx}");
-        assert_eq!(secrets_named(&env, &name).await, 1, "{ctx}");
-        let d = describe(&env, &name).await;
+        assert_eq!(env.secrets_named(&name).await, 1, "{ctx}");
+        let d = env.describe(&name).await;
         let status = rs.status.as_ref().unwrap();
         assert_eq!(d.kms_key_id(), status.kms_key_arn.as_deref(), "{ctx}");
         assert!(
@@ -662,12 +341,12 @@ async fn a_lost_response_after_each_write_converges_without_duplicates() {
             "{ctx}"
         );
         assert_eq!(tags_of(&d).get(OWNER_TAG), Some(&me), "{ctx}");
-        assert_eq!(policy_of(&env, &name).await, Some(seed_policy()), "{ctx}");
+        assert_eq!(env.policy_of(&name).await, Some(seed_policy()), "{ctx}");
         assert_rotation(&d, "rate(7 days)", Some("2h"));
         let expected = if immediately { 1 } else { 0 };
         assert_eq!(rotations(d.arn().unwrap()), expected, "{ctx}: rotations");
         assert_eq!(
-            version_count(&env, &name).await,
+            env.version_count(&name).await,
             1 + expected as usize,
             "{ctx}: versions"
         );
@@ -687,7 +366,7 @@ async fn rotor_stopped_during_create_key_makes_no_second_key() {
     // CreateKey reaches KMS 3s after rotor sends it; rotor is gone by then.
     proxy.fault_spec(json!({"operation": "CreateKey", "kind": "delay", "seconds": 3}));
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    let key_alias = alias(&env, "stopped");
+    let key_alias = env.alias("stopped");
     env.apply_rs("db", seed_spec(&env, "db", &key_alias)).await;
     eventually("CreateKey sent", Duration::from_secs(20), || async {
         proxy.calls().contains_key("CreateKey").then_some(())
@@ -714,13 +393,13 @@ async fn rotor_stopped_during_create_key_makes_no_second_key() {
 
     proxy.clear_faults();
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    let rs = wait_ready(&env, "db").await;
+    let rs = env.wait_ready("db").await;
     assert_eq!(proxy.calls().get("CreateKey"), Some(&1), "no second CreateKey");
     assert_eq!(keys_owned_by(&me).await, keys, "exactly one key");
     assert_eq!(alias_target(&key_alias).await.as_ref(), Some(&keys[0]));
     let key_arn = rs.status.unwrap().kms_key_arn.unwrap();
     assert!(key_arn.ends_with(&keys[0]));
-    assert_eq!(describe(&env, "db").await.kms_key_id(), Some(key_arn.as_str()));
+    assert_eq!(env.describe("db").await.kms_key_id(), Some(key_arn.as_str()));
 }
 
 #[tokio::test]
@@ -731,14 +410,14 @@ async fn racing_creators_of_one_alias_end_with_one_key() {
     // creates the alias: one loses the alias and must use the winner's key.
     proxy.fault_spec(json!({"operation": "CreateKey", "count": 2, "kind": "delay", "seconds": 2}));
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    let key_alias = alias(&env, "race");
+    let key_alias = env.alias("race");
     for name in ["a", "b"] {
         let mut spec = seed_spec(&env, name, &key_alias);
         spec["target"] = json!({"name": name});
         env.apply_rs(name, spec).await;
     }
-    let a = wait_ready(&env, "a").await;
-    let b = wait_ready(&env, "b").await;
+    let a = env.wait_ready("a").await;
+    let b = env.wait_ready("b").await;
     let calls = proxy.calls();
     assert_eq!(calls.get("CreateKey"), Some(&2), "both raced: {calls:?}");
     let winner = alias_target(&key_alias).await.expect("alias exists");
@@ -747,7 +426,7 @@ async fn racing_creators_of_one_alias_end_with_one_key() {
     assert_eq!(arn_a, arn_b, "both use one key");
     assert!(arn_a.ends_with(&winner));
     for name in ["a", "b"] {
-        assert_eq!(describe(&env, name).await.kms_key_id(), Some(arn_a.as_str()));
+        assert_eq!(env.describe(name).await.kms_key_id(), Some(arn_a.as_str()));
     }
     let mut states = Vec::new();
     for owner in [env.owner("a"), env.owner("b")] {
@@ -790,8 +469,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         json!({"secretsManager": sm, "refreshInterval": "1s"})
     };
 
-    apply_ready(
-        &env,
+    env.apply_ready(
         "conv",
         spec(
             "first",
@@ -801,14 +479,14 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         ),
     )
     .await;
-    let d = describe(&env, "conv").await;
+    let d = env.describe("conv").await;
     assert_eq!(d.description(), Some("first"));
     let tags = tags_of(&d);
     assert_eq!(
         (tags.get("Team"), tags.get("Cost"), tags.get("Gone")),
         (Some(&"a".into()), Some(&"1".into()), Some(&"x".into()))
     );
-    assert_eq!(policy_of(&env, "conv").await, Some(policy1.clone()));
+    assert_eq!(env.policy_of("conv").await, Some(policy1.clone()));
 
     // A tag someone else put must survive everything rotor does.
     env.sm
@@ -820,8 +498,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         .unwrap();
 
     // Change, add and remove declared tags; change the description.
-    apply_ready(
-        &env,
+    env.apply_ready(
         "conv",
         spec(
             "second",
@@ -831,7 +508,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         ),
     )
     .await;
-    let d = describe(&env, "conv").await;
+    let d = env.describe("conv").await;
     assert_eq!(d.description(), Some("second"));
     let tags = tags_of(&d);
     let want: BTreeMap<String, String> = [
@@ -862,14 +539,13 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         .await
         .unwrap();
     eventually("drift undone", Duration::from_secs(15), || async {
-        let d = describe(&env, "conv").await;
+        let d = env.describe("conv").await;
         (d.description() == Some("second") && tags_of(&d) == want).then_some(())
     })
     .await;
 
     // Policy changed, then removed: rotor put it, so rotor deletes it.
-    apply_ready(
-        &env,
+    env.apply_ready(
         "conv",
         spec(
             "second",
@@ -879,14 +555,14 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         ),
     )
     .await;
-    assert_eq!(policy_of(&env, "conv").await, Some(policy2));
-    merge_spec(&env, "conv", json!({"secretsManager": {"resourcePolicy": null}})).await;
-    wait_ready(&env, "conv").await;
-    assert_eq!(policy_of(&env, "conv").await, None, "rotor's policy removed");
+    assert_eq!(env.policy_of("conv").await, Some(policy2));
+    env.merge_spec("conv", json!({"secretsManager": {"resourcePolicy": null}}))
+        .await;
+    env.wait_ready("conv").await;
+    assert_eq!(env.policy_of("conv").await, None, "rotor's policy removed");
 
     // Replicas: add us-west-2, then remove it.
-    apply_ready(
-        &env,
+    env.apply_ready(
         "conv",
         spec(
             "second",
@@ -896,7 +572,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         ),
     )
     .await;
-    let d = describe(&env, "conv").await;
+    let d = env.describe("conv").await;
     let regions: Vec<_> = d.replication_status().iter().filter_map(|r| r.region()).collect();
     assert_eq!(regions, ["us-west-2"]);
     sm_in("us-west-2")
@@ -905,8 +581,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         .send()
         .await
         .expect("the replica exists in us-west-2");
-    apply_ready(
-        &env,
+    env.apply_ready(
         "conv",
         spec(
             "second",
@@ -916,7 +591,7 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         ),
     )
     .await;
-    let d = describe(&env, "conv").await;
+    let d = env.describe("conv").await;
     assert!(
         d.replication_status().is_empty(),
         "replica removed: {:?}",
@@ -935,14 +610,13 @@ async fn description_tags_policy_and_replicas_converge_both_ways() {
         .send()
         .await
         .unwrap();
-    apply_ready(
-        &env,
+    env.apply_ready(
         "fp",
         json!({"secretsManager": {"name": env.aws_name("foreign-policy")}, "refreshInterval": "1s"}),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // several converging reconciles
-    assert_eq!(policy_of(&env, "foreign-policy").await, Some(seed_policy()));
+    assert_eq!(env.policy_of("foreign-policy").await, Some(seed_policy()));
     env.assert_no_leak(&["conv-value-Qm3"]).await;
 }
 
@@ -963,21 +637,21 @@ async fn rotation_is_configured_without_rotating() {
             "refreshInterval": "1s",
         })
     };
-    let rs = apply_ready(
-        &env,
-        "rot",
-        spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(7 days)", "window": "2h"})),
-    )
-    .await;
+    let rs = env
+        .apply_ready(
+            "rot",
+            spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(7 days)", "window": "2h"})),
+        )
+        .await;
     let arn = rs.status.as_ref().unwrap().arn.clone().unwrap();
     assert_eq!(proxy.calls().get("RotateSecret"), Some(&1));
-    assert_rotation(&describe(&env, "rot").await, "rate(7 days)", Some("2h"));
+    assert_rotation(&env.describe("rot").await, "rate(7 days)", Some("2h"));
     assert_eq!(
         condition(&rs, "RotationConfigured").map(|c| c.reason.as_str()),
         Some("Configured"),
         "{:#?}\n{}",
         rs.status,
-        rotor_log(&env)
+        env.rotor_log()
     );
 
     // Unchanged: several converging reconciles, no RotateSecret.
@@ -993,14 +667,13 @@ async fn rotation_is_configured_without_rotating() {
 
     // A schedule change reconfigures, and does not rotate.
     proxy.reset();
-    apply_ready(
-        &env,
+    env.apply_ready(
         "rot",
         spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(14 days)", "window": "2h"})),
     )
     .await;
     assert_eq!(proxy.calls().get("RotateSecret"), Some(&1));
-    let d = describe(&env, "rot").await;
+    let d = env.describe("rot").await;
     assert_rotation(&d, "rate(14 days)", Some("2h"));
     let next = |rs: &RotatedSecret| rs.status.as_ref().and_then(|s| s.next_rotation_date.clone());
     let rs14 = env.rs_api().get("rot").await.unwrap();
@@ -1010,14 +683,14 @@ async fn rotation_is_configured_without_rotating() {
         next(&rs),
         next(&rs14)
     );
-    assert_eq!(version_count(&env, "rot").await, 1, "no new version");
+    assert_eq!(env.version_count("rot").await, 1, "no new version");
     assert_eq!(rotations(&arn), 0);
-    wait_event(&env, "rot", "RotationConfigured").await;
+    env.wait_event("rot", "RotationConfigured").await;
 
     // Removing rotation cancels it.
-    merge_spec(&env, "rot", json!({"rotation": null})).await;
-    let rs = wait_ready(&env, "rot").await;
-    assert_eq!(describe(&env, "rot").await.rotation_enabled(), Some(false));
+    env.merge_spec("rot", json!({"rotation": null})).await;
+    let rs = env.wait_ready("rot").await;
+    assert_eq!(env.describe("rot").await.rotation_enabled(), Some(false));
     assert_eq!(rs.status.as_ref().unwrap().rotation_enabled, Some(false));
     assert_eq!(next(&rs), None, "no nextRotationDate once cancelled");
     assert_eq!(
@@ -1026,13 +699,11 @@ async fn rotation_is_configured_without_rotating() {
     );
     assert_eq!(proxy.calls().get("CancelRotateSecret"), Some(&1));
     assert_eq!(rotations(&arn), 0);
-    assert_eq!(version_count(&env, "rot").await, 1);
-    wait_event(&env, "rot", "RotationCancelled").await;
+    assert_eq!(env.version_count("rot").await, 1);
+    env.wait_event("rot", "RotationCancelled").await;
 
     // rotateImmediately on a fresh object: exactly one rotation.
-    let rs = apply_ready(
-        &env,
-        "now",
+    let rs = env.apply_ready("now",
         json!({
             "secretsManager": {"name": env.aws_name("now"), "initialValue": {"template": {"password": "initial-Pw-9xz"}}},
             "rotation": {"lambdaArn": LAMBDA, "schedule": "rate(30 days)", "rotateImmediately": true},
@@ -1044,8 +715,8 @@ async fn rotation_is_configured_without_rotating() {
     assert_eq!(rotations(&now_arn), 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rotations(&now_arn), 1, "still one after more reconciles");
-    assert_eq!(version_count(&env, "now").await, 2);
-    let d = describe(&env, "now").await;
+    assert_eq!(env.version_count("now").await, 2);
+    let d = env.describe("now").await;
     assert_rotation(&d, "rate(30 days)", None);
     // The Secret follows the rotated version.
     let rs = env
@@ -1078,8 +749,7 @@ async fn a_late_listing_never_brings_back_a_cancelled_rotation() {
             "refreshInterval": "1s",
         })
     };
-    apply_ready(
-        &env,
+    env.apply_ready(
         "late",
         spec(json!({"lambdaArn": LAMBDA, "schedule": "rate(7 days)"})),
     )
@@ -1094,19 +764,19 @@ async fn a_late_listing_never_brings_back_a_cancelled_rotation() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    merge_spec(&env, "late", json!({"rotation": null})).await;
+    env.merge_spec("late", json!({"rotation": null})).await;
     env.wait_condition("late", "RotationConfigured", "True", "NotConfigured")
         .await;
     for touch in 0..8 {
         tokio::time::sleep(Duration::from_millis(750)).await;
-        annotate(&env, "late", "test/touch", &touch.to_string()).await;
+        env.annotate("late", "test/touch", &touch.to_string()).await;
         let status = env.rs_api().get("late").await.unwrap().status.unwrap();
         assert_eq!(status.rotation_enabled, Some(false), "touch {touch}: {status:#?}");
         assert_eq!(
             status.next_rotation_date,
             None,
             "touch {touch}: {status:#?}\n{}",
-            rotor_log(&env)
+            env.rotor_log()
         );
     }
     assert!(
@@ -1124,9 +794,7 @@ async fn rotate_now_rotates_once_per_token() {
     let mut env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    let rs = apply_ready(
-        &env,
-        "rn",
+    let rs = env.apply_ready("rn",
         json!({
             "secretsManager": {"name": env.aws_name("rn"), "initialValue": {"template": {"password": "first-Pw-k2"}}},
             "rotation": {"lambdaArn": LAMBDA, "schedule": "rate(30 days)"},
@@ -1140,20 +808,20 @@ async fn rotate_now_rotates_once_per_token() {
         move |rs: &RotatedSecret| rs.status.as_ref().and_then(|s| s.rotate_now_token.as_deref()) == Some(t)
     };
 
-    annotate(&env, "rn", "rotor.dev/rotate-now", "t1").await;
+    env.annotate("rn", "rotor.dev/rotate-now", "t1").await;
     env.wait_rs("rn", "rotateNowToken t1", token_is("t1")).await;
     assert_eq!(rotations(&arn), 1);
-    assert_eq!(version_count(&env, "rn").await, 2);
-    let ev = wait_event(&env, "rn", "RotationRequested").await;
+    assert_eq!(env.version_count("rn").await, 2);
+    let ev = env.wait_event("rn", "RotationRequested").await;
     assert!(ev.note.unwrap_or_default().contains("t1"));
-    let v1 = current_version(&describe(&env, "rn").await);
+    let v1 = current_version(&env.describe("rn").await);
     env.wait_rs("rn", "synced to t1's version", |rs| {
         rs.status.as_ref().and_then(|s| s.synced_version_id.as_deref()) == Some(v1.as_str())
     })
     .await;
 
     // The same token again (re-applied, and more reconciles): nothing more.
-    annotate(&env, "rn", "rotor.dev/rotate-now", "t1").await;
+    env.annotate("rn", "rotor.dev/rotate-now", "t1").await;
     env.apply_rs(
         "rn",
         json!({
@@ -1163,30 +831,31 @@ async fn rotate_now_rotates_once_per_token() {
         }),
     )
     .await;
-    wait_ready(&env, "rn").await;
+    env.wait_ready("rn").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(rotations(&arn), 1, "t1 never twice");
-    assert_eq!(version_count(&env, "rn").await, 2);
+    assert_eq!(env.version_count("rn").await, 2);
 
     // A new token: a second rotation.
-    annotate(&env, "rn", "rotor.dev/rotate-now", "t2").await;
+    env.annotate("rn", "rotor.dev/rotate-now", "t2").await;
     env.wait_rs("rn", "rotateNowToken t2", token_is("t2")).await;
     assert_eq!(rotations(&arn), 2);
-    assert_eq!(version_count(&env, "rn").await, 3);
+    assert_eq!(env.version_count("rn").await, 3);
 
     // t3 rotates, but rotor loses the response: retrying with the same
     // token must not rotate again.
     proxy.reset();
     proxy.fault("RotateSecret", 1, "after", None);
-    annotate(&env, "rn", "rotor.dev/rotate-now", "t3").await;
+    env.annotate("rn", "rotor.dev/rotate-now", "t3").await;
     env.wait_rs("rn", "rotateNowToken t3", token_is("t3")).await;
-    assert!(active_faults(&proxy).is_empty(), "the fault fired");
+    assert!(proxy.active_faults().is_empty(), "the fault fired");
     assert_eq!(proxy.calls().get("RotateSecret"), Some(&2), "retried once");
     assert_eq!(rotations(&arn), 3, "t3 rotated exactly once");
-    assert_eq!(version_count(&env, "rn").await, 4);
+    assert_eq!(env.version_count("rn").await, 4);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rotations(&arn), 3);
-    let notes: Vec<String> = events_for(&env, "rn", "RotationRequested")
+    let notes: Vec<String> = env
+        .events_for("rn", "RotationRequested")
         .await
         .into_iter()
         .filter_map(|e| e.note)
@@ -1208,8 +877,8 @@ async fn rotate_now_rotates_once_per_token() {
 async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
     let mut env = Env::new().await;
     env.start_rotor(&[]);
-    let key_alias = alias(&env, "retain");
-    let rs = apply_ready(&env, "keep", seed_spec(&env, "keep", &key_alias)).await;
+    let key_alias = env.alias("retain");
+    let rs = env.apply_ready("keep", seed_spec(&env, "keep", &key_alias)).await;
     let key_arn = rs.status.as_ref().unwrap().kms_key_arn.clone().unwrap();
     assert!(
         rs.metadata
@@ -1218,8 +887,8 @@ async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
             .contains(&"rotor.dev/cleanup".to_owned())
     );
 
-    delete_and_wait_gone(&env, "keep", Duration::from_secs(20)).await;
-    let d = describe(&env, "keep").await;
+    env.delete_and_wait_gone("keep", Duration::from_secs(20)).await;
+    let d = env.describe("keep").await;
     assert!(d.deleted_date().is_none(), "not scheduled for deletion");
     assert_eq!(tags_of(&d).get(OWNER_TAG), None, "owner tag removed");
     assert_eq!(tags_of(&d).get("Environment").map(String::as_str), Some("Demo"));
@@ -1230,7 +899,7 @@ async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
             .await
             .is_some_and(|k| key_arn.ends_with(&k))
     );
-    wait_event(&env, "keep", "Released").await;
+    env.wait_event("keep", "Released").await;
     assert_eq!(
         tags_of(&d).get("rotor.dev/released-from"),
         Some(&env.owner("keep")),
@@ -1239,11 +908,11 @@ async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
 
     // GitOps replace (delete, then apply again): the same namespace/name
     // re-claims its released secret without adopt, same ARN, same value.
-    let again = apply_ready(&env, "keep", seed_spec(&env, "keep", &key_alias)).await;
+    let again = env.apply_ready("keep", seed_spec(&env, "keep", &key_alias)).await;
     let status = again.status.as_ref().unwrap();
     assert_eq!(status.arn, rs.status.as_ref().unwrap().arn, "same secret");
     assert!(status.adopted, "treated as adopted: removes only what it adds");
-    let d = describe(&env, "keep").await;
+    let d = env.describe("keep").await;
     assert_eq!(tags_of(&d).get(OWNER_TAG), Some(&env.owner("keep")));
     assert_eq!(tags_of(&d).get("rotor.dev/released-from"), None);
     assert_eq!(
@@ -1251,7 +920,7 @@ async fn retain_leaves_secret_and_key_and_removes_the_owner_tag() {
         Some(1),
         "no new value"
     );
-    wait_event(&env, "keep", "Reclaimed").await;
+    env.wait_event("keep", "Reclaimed").await;
 }
 
 /// KMS keys are the one thing rotor cannot see every use of: without the
@@ -1269,12 +938,12 @@ async fn created_keys_are_deleted_only_with_the_opt_in_and_never_a_repointed_ali
             "refreshInterval": "1s",
         })
     };
-    let kept_alias = alias(&env, "kept");
-    let kept = apply_ready(&env, "kept", spec("kept", &kept_alias)).await;
+    let kept_alias = env.alias("kept");
+    let kept = env.apply_ready("kept", spec("kept", &kept_alias)).await;
     let kept_key = kept.status.unwrap().kms_key_arn.unwrap();
-    delete_and_wait_gone(&env, "kept", Duration::from_secs(20)).await;
+    env.delete_and_wait_gone("kept", Duration::from_secs(20)).await;
     assert!(
-        describe(&env, "kept").await.deleted_date().is_some(),
+        env.describe("kept").await.deleted_date().is_some(),
         "the secret goes"
     );
     assert_eq!(
@@ -1285,8 +954,8 @@ async fn created_keys_are_deleted_only_with_the_opt_in_and_never_a_repointed_ali
     assert!(alias_target(&kept_alias).await.is_some());
 
     env.start_rotor(&["--delete-created-kms-keys"]);
-    let moved_alias = alias(&env, "moved");
-    let moved = apply_ready(&env, "moved", spec("moved", &moved_alias)).await;
+    let moved_alias = env.alias("moved");
+    let moved = env.apply_ready("moved", spec("moved", &moved_alias)).await;
     let own_key = moved.status.unwrap().kms_key_arn.unwrap();
     let other_key = kms()
         .create_key()
@@ -1304,7 +973,7 @@ async fn created_keys_are_deleted_only_with_the_opt_in_and_never_a_repointed_ali
         .send()
         .await
         .unwrap();
-    delete_and_wait_gone(&env, "moved", Duration::from_secs(20)).await;
+    env.delete_and_wait_gone("moved", Duration::from_secs(20)).await;
     assert_eq!(
         key_state(&own_key).await,
         "PendingDeletion",
@@ -1321,8 +990,8 @@ async fn created_keys_are_deleted_only_with_the_opt_in_and_never_a_repointed_ali
 async fn delete_schedules_deletion_and_keeps_a_shared_key() {
     let mut env = Env::new().await;
     env.start_rotor(&["--delete-created-kms-keys"]);
-    let shared = alias(&env, "shared");
-    let own = alias(&env, "own");
+    let shared = env.alias("shared");
+    let own = env.alias("own");
     let spec = |name: &str, key_alias: &str, days: i64| {
         json!({
             "secretsManager": {
@@ -1336,9 +1005,9 @@ async fn delete_schedules_deletion_and_keeps_a_shared_key() {
         })
     };
     // `creator` makes the shared key; `sharer` uses it; `solo` has its own key.
-    let creator = apply_ready(&env, "creator", spec("creator", &shared, 7)).await;
+    let creator = env.apply_ready("creator", spec("creator", &shared, 7)).await;
     let shared_key = creator.status.unwrap().kms_key_arn.unwrap();
-    let sharer = apply_ready(&env, "sharer", spec("sharer", &shared, 0)).await;
+    let sharer = env.apply_ready("sharer", spec("sharer", &shared, 0)).await;
     assert_eq!(
         sharer.status.unwrap().kms_key_arn.as_deref(),
         Some(shared_key.as_str())
@@ -1348,20 +1017,20 @@ async fn delete_schedules_deletion_and_keeps_a_shared_key() {
         0,
         "the sharer created no key"
     );
-    let solo = apply_ready(&env, "solo", spec("solo", &own, 7)).await;
+    let solo = env.apply_ready("solo", spec("solo", &own, 7)).await;
     let own_key = solo.status.unwrap().kms_key_arn.unwrap();
 
     // Recovery window 7: scheduled, not gone; the shared key stays.
-    delete_and_wait_gone(&env, "creator", Duration::from_secs(20)).await;
-    let d = describe(&env, "creator").await;
+    env.delete_and_wait_gone("creator", Duration::from_secs(20)).await;
+    let d = env.describe("creator").await;
     assert!(d.deleted_date().is_some(), "scheduled for deletion");
     assert_eq!(key_state(&shared_key).await, "Enabled", "still used by sharer");
     assert!(alias_target(&shared).await.is_some());
 
     // Recovery window 0: gone at once; the key is not the sharer's to delete.
-    delete_and_wait_gone(&env, "sharer", Duration::from_secs(20)).await;
+    env.delete_and_wait_gone("sharer", Duration::from_secs(20)).await;
     assert_eq!(
-        describe_error(&env, "sharer").await.as_deref(),
+        env.describe_error("sharer").await.as_deref(),
         Some("ResourceNotFoundException")
     );
     assert_eq!(
@@ -1371,12 +1040,12 @@ async fn delete_schedules_deletion_and_keeps_a_shared_key() {
     );
 
     // A key this object created and nothing else uses is scheduled for deletion.
-    delete_and_wait_gone(&env, "solo", Duration::from_secs(20)).await;
-    assert!(describe(&env, "solo").await.deleted_date().is_some());
+    env.delete_and_wait_gone("solo", Duration::from_secs(20)).await;
+    assert!(env.describe("solo").await.deleted_date().is_some());
     assert_eq!(key_state(&own_key).await, "PendingDeletion");
     assert_eq!(alias_target(&own).await, None, "alias removed");
-    wait_event(&env, "solo", "KmsKeyDeleted").await;
-    wait_event(&env, "solo", "Deleted").await;
+    env.wait_event("solo", "KmsKeyDeleted").await;
+    env.wait_event("solo", "Deleted").await;
 }
 
 #[tokio::test]
@@ -1384,25 +1053,25 @@ async fn a_failed_key_deletion_is_retried_after_the_secret_is_gone() {
     let mut env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
     env.start_rotor_with_endpoint(&["--delete-created-kms-keys"], &proxy.url);
-    let key_alias = alias(&env, "retry");
-    let rs = apply_ready(
-        &env,
-        "gone",
-        json!({
-            "secretsManager": {"name": env.aws_name("gone"), "initialValue": {"string": "v"},
-                               "kmsKey": {"alias": key_alias, "create": true},
-                               "deletionPolicy": "Delete", "recoveryWindowInDays": 0},
-            "refreshInterval": "1s",
-        }),
-    )
-    .await;
+    let key_alias = env.alias("retry");
+    let rs = env
+        .apply_ready(
+            "gone",
+            json!({
+                "secretsManager": {"name": env.aws_name("gone"), "initialValue": {"string": "v"},
+                                   "kmsKey": {"alias": key_alias, "create": true},
+                                   "deletionPolicy": "Delete", "recoveryWindowInDays": 0},
+                "refreshInterval": "1s",
+            }),
+        )
+        .await;
     let key_arn = rs.status.unwrap().kms_key_arn.unwrap();
     // The secret is force-deleted, then scheduling the key's deletion fails once.
     proxy.fault("ScheduleKeyDeletion", 1, "error", None);
-    delete_and_wait_gone(&env, "gone", Duration::from_secs(20)).await;
-    assert!(active_faults(&proxy).is_empty(), "the fault fired");
+    env.delete_and_wait_gone("gone", Duration::from_secs(20)).await;
+    assert!(proxy.active_faults().is_empty(), "the fault fired");
     assert_eq!(
-        describe_error(&env, "gone").await.as_deref(),
+        env.describe_error("gone").await.as_deref(),
         Some("ResourceNotFoundException")
     );
     assert_eq!(
@@ -1411,15 +1080,14 @@ async fn a_failed_key_deletion_is_retried_after_the_secret_is_gone() {
         "the key is not leaked"
     );
     assert_eq!(alias_target(&key_alias).await, None);
-    wait_event(&env, "gone", "CleanupFailed").await;
+    env.wait_event("gone", "CleanupFailed").await;
 }
 
 #[tokio::test]
 async fn cleanup_gives_up_after_the_timeout_when_aws_is_unreachable() {
     let mut env = Env::new().await;
     env.start_rotor(&[]);
-    apply_ready(
-        &env,
+    env.apply_ready(
         "stuck",
         json!({
             "secretsManager": {"name": env.aws_name("stuck"), "initialValue": {"string": "s"},
@@ -1433,18 +1101,18 @@ async fn cleanup_gives_up_after_the_timeout_when_aws_is_unreachable() {
     drop(dead);
     env.start_rotor_with_endpoint(&["--cleanup-timeout", "5s"], &dead_url);
     let start = Instant::now();
-    delete_and_wait_gone(&env, "stuck", Duration::from_secs(35)).await;
+    env.delete_and_wait_gone("stuck", Duration::from_secs(35)).await;
     assert!(
         start.elapsed() >= Duration::from_secs(4),
         "released before the timeout: {:?}",
         start.elapsed()
     );
-    let ev = wait_event(&env, "stuck", "CleanupAbandoned").await;
+    let ev = env.wait_event("stuck", "CleanupAbandoned").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert!(ev.note.unwrap_or_default().contains("by hand"));
-    wait_event(&env, "stuck", "CleanupFailed").await;
+    env.wait_event("stuck", "CleanupFailed").await;
     // AWS was never reached: the secret is still there, still tagged.
-    let d = describe(&env, "stuck").await;
+    let d = env.describe("stuck").await;
     assert!(d.deleted_date().is_none());
     assert_eq!(tags_of(&d).get(OWNER_TAG), Some(&env.owner("stuck")));
 }
@@ -1457,9 +1125,7 @@ async fn cleanup_gives_up_after_the_timeout_when_aws_is_unreachable() {
 async fn an_owned_secret_scheduled_for_deletion_is_restored() {
     let mut env = Env::new().await;
     env.start_rotor(&[]);
-    let rs = apply_ready(
-        &env,
-        "back",
+    let rs = env.apply_ready("back",
         json!({
             "secretsManager": {"name": env.aws_name("back"), "initialValue": {"string": "back-value-Lp0"}},
             "refreshInterval": "1s",
@@ -1474,26 +1140,22 @@ async fn an_owned_secret_scheduled_for_deletion_is_restored() {
         .send()
         .await
         .unwrap();
-    assert!(describe(&env, "back").await.deleted_date().is_some());
+    assert!(env.describe("back").await.deleted_date().is_some());
     // No spec change: the sweep (which includes secrets scheduled for
     // deletion) notices and the object restores its secret.
     eventually("restored", Duration::from_secs(20), || async {
-        describe(&env, "back")
-            .await
-            .deleted_date()
-            .is_none()
-            .then_some(())
+        env.describe("back").await.deleted_date().is_none().then_some(())
     })
     .await;
-    wait_event(&env, "back", "Restored").await;
-    let rs = wait_ready(&env, "back").await;
+    env.wait_event("back", "Restored").await;
+    let rs = env.wait_ready("back").await;
     assert_eq!(
         rs.status.unwrap().arn.as_deref(),
         Some(arn.as_str()),
         "the same secret"
     );
     assert_eq!(env.secret_data("back").await.unwrap()["value"], "back-value-Lp0");
-    assert_eq!(version_count(&env, "back").await, 1);
+    assert_eq!(env.version_count("back").await, 1);
     env.assert_no_leak(&["back-value-Lp0"]).await;
 }
 
@@ -1504,16 +1166,16 @@ async fn an_owned_secret_scheduled_for_deletion_is_restored() {
 async fn a_secret_deleted_outside_rotor_is_reported_not_recreated() {
     let mut env = Env::new().await;
     env.start_rotor(&[]);
-    let rs = apply_ready(
-        &env,
-        "gone",
-        json!({
-            "secretsManager": {"name": env.aws_name("gone"),
-                               "initialValue": {"generate": [{"key": "password", "length": 24}]}},
-            "refreshInterval": "1s",
-        }),
-    )
-    .await;
+    let rs = env
+        .apply_ready(
+            "gone",
+            json!({
+                "secretsManager": {"name": env.aws_name("gone"),
+                                   "initialValue": {"generate": [{"key": "password", "length": 24}]}},
+                "refreshInterval": "1s",
+            }),
+        )
+        .await;
     let arn = rs.status.unwrap().arn.unwrap();
     let before = env.secret_data("gone").await.unwrap();
     env.sm
@@ -1628,7 +1290,7 @@ async fn bad_inputs_are_refused_and_change_nothing() {
             "missing-alias",
             with_sm(
                 "missing-alias",
-                json!({"kmsKey": {"alias": alias(&env, "missing")}}),
+                json!({"kmsKey": {"alias": env.alias("missing")}}),
             ),
             "KmsKeyReady",
             "KmsKeyNotFound",
@@ -1680,7 +1342,7 @@ async fn bad_inputs_are_refused_and_change_nothing() {
             "id-and-alias",
             with_sm(
                 "id-and-alias",
-                json!({"kmsKey": {"id": disabled, "alias": alias(&env, "x")}}),
+                json!({"kmsKey": {"id": disabled, "alias": env.alias("x")}}),
             ),
             "Ready",
             "InvalidSpec",
@@ -1806,7 +1468,7 @@ async fn bad_inputs_are_refused_and_change_nothing() {
     for (name, ..) in &cases {
         if *name != "collision" {
             assert_eq!(
-                describe_error(&env, name).await.as_deref(),
+                env.describe_error(name).await.as_deref(),
                 Some("ResourceNotFoundException"),
                 "{name}: no AWS secret created"
             );
@@ -1818,11 +1480,11 @@ async fn bad_inputs_are_refused_and_change_nothing() {
         Some(format!("{CLUSTER}/elsewhere/other").as_str()),
         "the foreign owner tag is untouched"
     );
-    assert_eq!(version_count(&env, "taken").await, 1);
+    assert_eq!(env.version_count("taken").await, 1);
     assert_eq!(key_state(&disabled).await, "Disabled");
     assert_eq!(key_state(&pending).await, "PendingDeletion");
     assert!(
-        alias_target(&alias(&env, "missing")).await.is_none(),
+        alias_target(&env.alias("missing")).await.is_none(),
         "no key created"
     );
     env.assert_no_leak(&["foreign-value-Tt5"]).await;

@@ -1,150 +1,16 @@
-//! A fault-injecting proxy between rotor and moto (hack/aws_proxy.py), and a
-//! smoke test of it.
-//!
-//! Point rotor (or an SDK client) at `AwsProxy::url` instead of the test bed's
-//! moto; count the AWS calls it makes and inject errors, throttling, dropped
-//! connections, latency, or lost responses after a successful write. Each
-//! test starts its own proxy, so counts and faults never leak between tests.
+//! A smoke test of the fault-injecting proxy between rotor and moto
+//! (hack/aws_proxy.py, driven by `testbed::AwsProxy`): point rotor (or an SDK
+//! client) at `AwsProxy::url` instead of the test bed's moto; count the AWS
+//! calls it makes and inject errors, throttling, dropped connections,
+//! latency, or lost responses after a successful write. Each test starts its
+//! own proxy, so counts and faults never leak between tests.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-pub struct AwsProxy {
-    pub url: String,
-    pub port: u16,
-    child: Child,
-    // Held open: the proxy exits when its stdin closes (if this process dies
-    // without running Drop), and keeping stdout avoids a broken pipe.
-    _stdin: ChildStdin,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl AwsProxy {
-    /// Starts a proxy on a free loopback port forwarding to `upstream`
-    /// (e.g. `testbed().aws_endpoint`), and waits until it answers.
-    pub fn start(upstream: &str) -> AwsProxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/aws_proxy.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--listen-port", "0", "--upstream", upstream])
-            .arg("--exit-on-stdin-eof")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start python3 hack/aws_proxy.py");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the proxy's port");
-        let port: u16 = match line.trim().parse() {
-            Ok(p) => p,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("aws_proxy.py printed {line:?} instead of its port");
-            }
-        };
-        let proxy = AwsProxy {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            child,
-            _stdin: stdin,
-            _stdout: stdout,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while proxy.try_request("GET", "calls", None).is_err() {
-            assert!(Instant::now() < deadline, "aws_proxy.py did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        proxy
-    }
-
-    /// Calls per AWS operation that reached the proxy, faulted or not.
-    pub fn calls(&self) -> BTreeMap<String, u64> {
-        self.counts("calls")
-    }
-
-    /// Calls per `region/Operation` (the SigV4 signing region) that reached the proxy.
-    pub fn calls_by_region(&self) -> BTreeMap<String, u64> {
-        self.counts("calls?by=region")
-    }
-
-    /// Calls per AWS operation the proxy forwarded to moto.
-    pub fn forwarded(&self) -> BTreeMap<String, u64> {
-        self.counts("calls?forwarded=1")
-    }
-
-    /// Clears counts and faults.
-    pub fn reset(&self) {
-        self.request("POST", "reset", None);
-    }
-
-    /// Makes the next `count` calls of `operation` (`"*"` = any; `-1` = until
-    /// cleared) fail with `kind`: `"error"` (500, `code` or InternalFailure,
-    /// not forwarded), `"throttle"` (400 ThrottlingException), `"drop"`
-    /// (connection closed, not forwarded) or `"after"` (forwarded, so the
-    /// write happens, then a 500 error). For `"delay"` and custom statuses
-    /// use [`AwsProxy::fault_spec`].
-    pub fn fault(&self, operation: &str, count: i64, kind: &str, code: Option<&str>) {
-        let mut spec = json!({"operation": operation, "count": count, "kind": kind});
-        if let Some(code) = code {
-            spec["code"] = json!(code);
-        }
-        self.fault_spec(spec);
-    }
-
-    /// Adds a fault rule as the proxy's control API takes it, e.g.
-    /// `{"operation": "GetSecretValue", "kind": "delay", "seconds": 2}` or
-    /// `{"operation": "*", "service": "kms", "kind": "error", "code": "KMSInternalException", "status": 500}`.
-    pub fn fault_spec(&self, spec: Value) {
-        self.request("POST", "fault", Some(&spec));
-    }
-
-    /// Removes all fault rules (counts stay).
-    pub fn clear_faults(&self) {
-        self.request("DELETE", "fault", None);
-    }
-
-    fn counts(&self, what: &str) -> BTreeMap<String, u64> {
-        serde_json::from_value(self.request("GET", what, None)).expect("counts are a JSON map")
-    }
-
-    fn request(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
-        self.try_request(method, what, body)
-            .unwrap_or_else(|e| panic!("aws_proxy {method} /_proxy/{what}: {e}"))
-    }
-
-    fn try_request(&self, method: &str, what: &str, body: Option<&Value>) -> Result<Value, String> {
-        let url = format!("{}/_proxy/{what}", self.url);
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--fail-with-body", "--max-time", "10", "-X", method]);
-        if let Some(body) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
-                .arg(body.to_string());
-        }
-        let out = cmd.arg(&url).output().map_err(|e| format!("curl: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(format!(
-                "{}{stdout}",
-                String::from_utf8_lossy(&out.stderr).trim_end()
-            ));
-        }
-        serde_json::from_str(&stdout).map_err(|e| format!("bad JSON {stdout:?}: {e}"))
-    }
-}
-
-impl Drop for AwsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::AwsProxy;
 
 #[tokio::test]
 async fn proxy_counts_and_injects_faults() {

@@ -30,51 +30,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use mysql_async::prelude::Queryable;
-use rotator::db::{Db, Login, Tls};
+use rotator::db::{Db, Login};
 use rotator::secret::{Engine, Password};
 use rotor::api::{RotatedSecret, VERSION_ID_ANNOTATION};
 use rotor::k8s::rollout::annotation_key;
 use serde_json::{Value, json};
+// The databases' ports, admins, CA and admin SQL: the harness shared with
+// rotator's own tests.
+use testbed::db::{admin as db_admin, admin_sql, ca as ca_file, db, port as db_port};
 
 use crate::common::{Env, condition, testbed};
 
 // ------------------------------------------------------------ test bed
-
-fn db_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the rotation function's end-to-end tests need the test bed with its \
-             databases (PostgreSQL, MariaDB). Run `make test`, or `hack/testbed.sh up && . .testbed/env`."
-        )
-    })
-}
-
-fn ca_file() -> PathBuf {
-    let ca = PathBuf::from(db_env("ROTOR_TEST_DB_CA"));
-    assert!(ca.is_file(), "ROTOR_TEST_DB_CA={} is not a file", ca.display());
-    ca
-}
-
-fn db_port(engine: Engine) -> u16 {
-    let v = match engine {
-        Engine::Postgres => db_env("ROTOR_TEST_PG_PORT"),
-        _ => db_env("ROTOR_TEST_MARIADB_PORT"),
-    };
-    v.parse().expect("database port")
-}
-
-fn db_admin(engine: Engine) -> (String, String) {
-    match engine {
-        Engine::Postgres => (
-            db_env("ROTOR_TEST_PG_ADMIN_USER"),
-            db_env("ROTOR_TEST_PG_ADMIN_PASSWORD"),
-        ),
-        _ => (
-            db_env("ROTOR_TEST_MARIADB_ADMIN_USER"),
-            db_env("ROTOR_TEST_MARIADB_ADMIN_PASSWORD"),
-        ),
-    }
-}
 
 fn now_s() -> f64 {
     SystemTime::now()
@@ -93,51 +60,6 @@ fn suffix() -> String {
 }
 
 // ------------------------------------------------------------ databases
-
-/// A plain (loopback, no TLS) admin session: creating users, faults.
-async fn admin_sql(engine: Engine, statements: &[String]) {
-    let (user, pw) = db_admin(engine);
-    match engine {
-        Engine::Postgres => {
-            let (c, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(db_port(engine))
-                .user(&user)
-                .password(&pw)
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL admin login on the test bed: {e}"));
-            tokio::spawn(conn);
-            for s in statements {
-                c.batch_execute(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-        }
-        _ => {
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname("127.0.0.1")
-                .tcp_port(db_port(engine))
-                .user(Some(user))
-                .pass(Some(pw))
-                .prefer_socket(false);
-            let mut c = mysql_async::Conn::new(opts)
-                .await
-                .unwrap_or_else(|e| panic!("MariaDB admin login on the test bed: {e}"));
-            for s in statements {
-                c.query_drop(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-            let _ = c.disconnect().await;
-        }
-    }
-}
-
-fn db(engine: Engine) -> Db {
-    Db {
-        engine,
-        tls: Tls::new(Some(&ca_file())).expect("test bed CA"),
-        timeout: Duration::from_secs(5),
-    }
-}
 
 /// Logs in over verified TLS and runs `SELECT 1`, with rotator's own login
 /// code (what the function's testSecret does; what an application does).
@@ -573,14 +495,11 @@ impl Chain {
         // Secrets Manager's rotation events, as an EventBridge rule would
         // route them: moto sends them to this queue, rotor reads it.
         let (_, queue) = crate::common::queue("rotor-chain").await;
-        let registered = std::process::Command::new("curl")
-            .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json"])
-            .arg("--data")
-            .arg(json!({"QueueUrl": queue}).to_string())
-            .arg(format!("{}/rotor-test/event-queues", testbed().aws_endpoint))
-            .status()
-            .expect("curl");
-        assert!(registered.success(), "POST /rotor-test/event-queues");
+        crate::common::moto_test(
+            "POST",
+            "/rotor-test/event-queues",
+            Some(&json!({"QueueUrl": queue})),
+        );
         env.start_rotor(&["--events-queue-url", &queue]);
         env.rotor.as_ref().unwrap().wait_ready().await;
         let deploy = "app".to_owned();
@@ -1019,19 +938,11 @@ impl Prober {
             My(mysql_async::Conn),
         }
         let mut long = match engine {
-            Engine::Postgres => {
-                let (client, conn) = tokio_postgres::Config::new()
-                    .host("127.0.0.1")
-                    .port(port)
-                    .user(&user)
-                    .password(&password)
-                    .dbname("postgres")
-                    .connect(tokio_postgres::NoTls)
+            Engine::Postgres => Long::Pg(
+                testbed::db::pg_plain(&user, &password)
                     .await
-                    .expect("long-lived PostgreSQL connection");
-                tokio::spawn(conn);
-                Long::Pg(client)
-            }
+                    .expect("long-lived PostgreSQL connection"),
+            ),
             _ => {
                 let pem = std::fs::read(ca_file()).unwrap();
                 let ssl = mysql_async::SslOpts::default()

@@ -380,7 +380,7 @@ async fn invalid_spec_is_a_condition_that_says_how_to_fix_it() {
 async fn access_denied_and_throttling_keep_the_secret_and_say_why() {
     let mut env = Env::new().await;
     env.create_aws_secret("db", DB_JSON, Some(&env.owner("db"))).await;
-    let proxy = crate::proxy::AwsProxy::start(&crate::common::testbed().aws_endpoint);
+    let proxy = crate::common::AwsProxy::start(&crate::common::testbed().aws_endpoint);
     env.start_rotor_with_endpoint(&[], &proxy.url);
     let spec = |label: &str| {
         json!({"secretsManager": {"name": env.aws_name("db")}, "refreshInterval": "1s",

@@ -5,25 +5,22 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use mysql_async::prelude::Queryable;
 use rand::Rng;
-use rotator::db::{Db, Login, Tls};
+use rotator::db::Login;
 use rotator::secret::{Engine, Password};
 use rotator::{Config, Error, Request, Rotator, Step, Strategy};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the rotation function's tests need the test bed (moto, \
-             PostgreSQL, MariaDB). Run `make test`, or `hack/testbed.sh up && . .testbed/env`."
-        )
-    })
-}
+// The test bed's databases (ports, admins, CA, admin SQL): the root
+// crate's test-bed harness, shared with tests/it/rotation_function.rs.
+// Included as a file, not as the `testbed` crate, so that rotator's tests
+// do not build the harness's Kubernetes dependencies.
+#[path = "../../../testbed/src/db.rs"]
+mod db;
+pub use db::{admin, admin_query_one, admin_sql, ca, port, var as env};
 
 pub fn suffix() -> String {
     format!("{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff)
@@ -77,116 +74,16 @@ pub async fn begin_rotation(secret_id: &str, token: &str) {
     .await;
 }
 
-pub fn ca() -> String {
-    env("ROTOR_TEST_DB_CA")
-}
-
 pub fn config(strategy: Strategy) -> Config {
     Config {
         strategy: Some(strategy),
-        ca_file: Some(ca().into()),
+        ca_file: Some(ca()),
         ..Config::default()
-    }
-}
-
-pub fn port(engine: Engine) -> u16 {
-    let v = match engine {
-        Engine::Postgres => env("ROTOR_TEST_PG_PORT"),
-        _ => env("ROTOR_TEST_MARIADB_PORT"),
-    };
-    v.parse().unwrap()
-}
-
-pub fn admin(engine: Engine) -> (String, String) {
-    match engine {
-        Engine::Postgres => (
-            env("ROTOR_TEST_PG_ADMIN_USER"),
-            env("ROTOR_TEST_PG_ADMIN_PASSWORD"),
-        ),
-        _ => (
-            env("ROTOR_TEST_MARIADB_ADMIN_USER"),
-            env("ROTOR_TEST_MARIADB_ADMIN_PASSWORD"),
-        ),
-    }
-}
-
-/// Runs SQL as the database's admin (plaintext loopback; tests only).
-pub async fn admin_sql(engine: Engine, statements: &[String]) {
-    let (user, pw) = admin(engine);
-    match engine {
-        Engine::Postgres => {
-            let (c, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port(engine))
-                .user(&user)
-                .password(&pw)
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .expect("admin login");
-            tokio::spawn(conn);
-            for s in statements {
-                c.batch_execute(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-        }
-        _ => {
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname("127.0.0.1")
-                .tcp_port(port(engine))
-                .user(Some(user))
-                .pass(Some(pw))
-                .prefer_socket(false);
-            let mut c = mysql_async::Conn::new(opts).await.expect("admin login");
-            for s in statements {
-                c.query_drop(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
-            }
-            c.disconnect().await.unwrap();
-        }
-    }
-}
-
-pub async fn admin_query_one(engine: Engine, sql: &str) -> Option<String> {
-    let (user, pw) = admin(engine);
-    match engine {
-        Engine::Postgres => {
-            let (c, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port(engine))
-                .user(&user)
-                .password(&pw)
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .expect("admin login");
-            tokio::spawn(conn);
-            c.query_opt(sql, &[])
-                .await
-                .unwrap()
-                .map(|r| r.get::<_, String>(0))
-        }
-        _ => {
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname("127.0.0.1")
-                .tcp_port(port(engine))
-                .user(Some(user))
-                .pass(Some(pw))
-                .prefer_socket(false);
-            let mut c = mysql_async::Conn::new(opts).await.expect("admin login");
-            let r: Option<String> = c.query_first(sql).await.unwrap();
-            c.disconnect().await.unwrap();
-            r
-        }
     }
 }
 
 /// Logs in over verified TLS and runs `sql` (e.g. a SELECT on a granted table).
 pub async fn login_and_run(engine: Engine, user: &str, password: &str, sql: &str) -> Result<(), String> {
-    let tls = Tls::new(Some(std::path::Path::new(&ca()))).unwrap();
-    let db = Db {
-        engine,
-        tls,
-        timeout: Duration::from_secs(5),
-    };
     let pw = Password::new(password.to_owned());
     let login = Login {
         host: "127.0.0.1",
@@ -196,32 +93,20 @@ pub async fn login_and_run(engine: Engine, user: &str, password: &str, sql: &str
         username: user,
         password: &pw,
     };
-    db.check_login(&login).await.map_err(|e| e.to_string())?;
+    db::db(engine)
+        .check_login(&login)
+        .await
+        .map_err(|e| e.to_string())?;
     if sql.is_empty() {
         return Ok(());
     }
     match engine {
         Engine::Postgres => {
-            let (c, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port(engine))
-                .user(user)
-                .password(password)
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
+            let c = db::pg_plain(user, password).await?;
             c.batch_execute(sql).await.map_err(|e| e.to_string())
         }
         _ => {
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname("127.0.0.1")
-                .tcp_port(port(engine))
-                .user(Some(user))
-                .pass(Some(password))
-                .prefer_socket(false);
-            let mut c = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
+            let mut c = db::mysql_plain(user, password).await?;
             let r = c.query_drop(sql).await.map_err(|e| e.to_string());
             let _ = c.disconnect().await;
             r

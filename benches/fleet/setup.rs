@@ -1,0 +1,502 @@
+//! The fleet: namespaces, AWS secrets, Deployments and RotatedSecrets; the
+//! watchers that stamp when each Secret and Deployment changed; and rotor
+//! started behind the counting proxy until every object is Ready.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::types::Tag;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::watcher::Event;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use rotor::api::{OWNER_TAG, RotatedSecret, VERSION_ID_ANNOTATION};
+use serde_json::{Value, json};
+use testbed::{AwsProxy, Rotor, RotorCommand, TestBed, uuid_like};
+
+use crate::{Args, BENCH_LABEL, BENCH_LABEL_VALUE, Bench, CLUSTER, MANAGER, NS_PREFIX, Res, log};
+
+/// How to start rotor: the release binary, the chart-RBAC kubeconfig, the
+/// counting proxy as its AWS endpoint.
+pub struct Launcher {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    endpoint: String,
+    dir: PathBuf,
+    min_refresh: String,
+    extra: Vec<String>,
+    starts: usize,
+}
+
+impl Launcher {
+    pub fn start(&mut self, events_queue: Option<&str>) -> Res<Rotor> {
+        self.starts += 1;
+        let mut args: Vec<String> = [
+            "--cluster-name",
+            CLUSTER,
+            "--min-refresh-interval",
+            &self.min_refresh,
+        ]
+        .map(String::from)
+        .into();
+        if let Some(q) = events_queue {
+            args.extend(["--events-queue-url".into(), q.to_owned()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let rotor = Rotor::spawn(&RotorCommand {
+            bin: self.bin.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            aws_endpoint: self.endpoint.clone(),
+            log: self.dir.join(format!("bench-rotor-{}.log", self.starts)),
+            args,
+            env: vec![(
+                "RUST_LOG".into(),
+                std::env::var("ROTOR_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )],
+        })?;
+        // hack/bench.sh kills these on exit, whatever happens to this process.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("bench.pids"))
+        {
+            let _ = writeln!(f, "{}", rotor.pid);
+        }
+        log(format!(
+            "rotor started (pid {}, log {})",
+            rotor.pid,
+            rotor.log_path().display()
+        ));
+        Ok(rotor)
+    }
+}
+
+// ------------------------------------------------------------- observation
+
+pub type Key = (String, String);
+
+#[derive(Default)]
+pub struct DeployTrack {
+    pub generation: i64,
+    /// First time each `rotor.dev/*` pod-template annotation value was seen.
+    pub values: HashMap<String, Instant>,
+}
+
+/// What the watchers saw, stamped when the event arrived.
+#[derive(Default)]
+pub struct Seen {
+    /// First time each `rotor.dev/version-id` value was seen on a Secret.
+    pub secrets: HashMap<Key, HashMap<String, Instant>>,
+    pub deploys: HashMap<Key, DeployTrack>,
+}
+
+pub type Shared = Arc<Mutex<Seen>>;
+
+fn spawn_watchers(client: &Client, seen: &Shared) {
+    // Metadata only: the benchmark never reads secret values.
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=rotor"),
+    )
+    .default_backoff();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(secrets);
+        while let Some(ev) = secrets.next().await {
+            let (Ok(Event::Apply(m)) | Ok(Event::InitApply(m))) = ev else {
+                continue;
+            };
+            let now = Instant::now();
+            let Some(v) = m.annotations().get(VERSION_ID_ANNOTATION) else {
+                continue;
+            };
+            let key = (m.namespace().unwrap_or_default(), m.name_any());
+            let mut seen = s.lock().expect("seen lock");
+            seen.secrets
+                .entry(key)
+                .or_default()
+                .entry(v.clone())
+                .or_insert(now);
+        }
+    });
+
+    let deploys = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{BENCH_LABEL}={BENCH_LABEL_VALUE}")),
+    )
+    .default_backoff();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(deploys);
+        while let Some(ev) = deploys.next().await {
+            let (Ok(Event::Apply(d)) | Ok(Event::InitApply(d))) = ev else {
+                continue;
+            };
+            let now = Instant::now();
+            let key = (d.namespace().unwrap_or_default(), d.name_any());
+            let annotations = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default();
+            let mut seen = s.lock().expect("seen lock");
+            let track = seen.deploys.entry(key).or_default();
+            track.generation = track.generation.max(d.metadata.generation.unwrap_or(0));
+            for (k, v) in annotations {
+                if k.starts_with("rotor.dev/") {
+                    track.values.entry(v).or_insert(now);
+                }
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------ fleet
+
+pub struct Obj {
+    pub ns: String,
+    pub name: String,
+    pub aws_name: String,
+    pub arn: String,
+    /// AWSCURRENT as the benchmark last set it.
+    pub version: String,
+    /// The Deployment consuming its Secret, for the first `rotations` objects.
+    pub deployment: Option<String>,
+}
+
+impl Obj {
+    pub fn key(&self) -> Key {
+        (self.ns.clone(), self.name.clone())
+    }
+    pub fn deploy_key(&self) -> Option<Key> {
+        self.deployment.clone().map(|d| (self.ns.clone(), d))
+    }
+
+    /// Creates its AWS secret, owned by the object to be (`ns/name`).
+    pub async fn create(sm: &aws_sdk_secretsmanager::Client, ns: String, name: String) -> Res<Obj> {
+        let aws_name = format!("{CLUSTER}/{ns}/{name}");
+        let out = sm
+            .create_secret()
+            .name(&aws_name)
+            .secret_string(json!({"username": name, "password": uuid_like()}).to_string())
+            .tags(
+                Tag::builder()
+                    .key(OWNER_TAG)
+                    .value(format!("{CLUSTER}/{ns}/{name}"))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("CreateSecret {aws_name}: {e:?}"))?;
+        Ok(Obj {
+            arn: out.arn().unwrap_or_default().to_owned(),
+            version: out.version_id().unwrap_or_default().to_owned(),
+            deployment: None,
+            ns,
+            name,
+            aws_name,
+        })
+    }
+
+    /// Server-side applies its RotatedSecret, `spec` merged into the
+    /// benchmark's (its AWS secret, the refresh interval, rollout Auto).
+    pub async fn apply(&self, admin: &Client, refresh: &str, spec: Value) -> Res<()> {
+        let mut full = json!({
+            "secretsManager": {"name": self.aws_name},
+            "refreshInterval": refresh,
+            "rollout": {"mode": "Auto"},
+        });
+        testbed::merge_json(&mut full, spec);
+        let body = json!({
+            "apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
+            "metadata": {"name": self.name, "labels": {BENCH_LABEL: BENCH_LABEL_VALUE}},
+            "spec": full,
+        });
+        Api::<RotatedSecret>::namespaced(admin.clone(), &self.ns)
+            .patch(
+                &self.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| format!("RotatedSecret {}: {e}", self.name))
+    }
+}
+
+/// `spec.refreshInterval` as the objects carry it.
+pub fn refresh_spec(args: &Args) -> String {
+    format!("{}s", args.refresh.as_secs_f64())
+}
+
+async fn create_fleet(
+    args: &Args,
+    admin: &Client,
+    sm: &aws_sdk_secretsmanager::Client,
+) -> Res<(Vec<Obj>, String)> {
+    let pp = PatchParams::apply(MANAGER).force();
+    for i in 0..args.namespaces {
+        let ns = format!("{NS_PREFIX}{i}");
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        Api::<Namespace>::all(admin.clone())
+            .patch(&ns, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|e| format!("namespace {ns}: {e}"))?;
+    }
+
+    let start = Instant::now();
+    let objs: Vec<Obj> = stream::iter(0..args.objects)
+        .map(|i| async move {
+            let ns = format!("{NS_PREFIX}{}", i % args.namespaces);
+            let mut o = Obj::create(sm, ns, format!("s-{i:05}")).await?;
+            o.deployment = (i < args.rotations).then(|| format!("app-{i:05}"));
+            Ok::<_, String>((i, o))
+        })
+        .buffer_unordered(args.parallelism)
+        .try_collect::<BTreeMap<_, _>>()
+        .await?
+        .into_values()
+        .collect();
+    let aws_secs = start.elapsed();
+
+    let start = Instant::now();
+    // Deployments first, so that rotor's workload cache has them from the start.
+    stream::iter(objs.iter().filter(|o| o.deployment.is_some()))
+        .map(|o| {
+            let api: Api<Deployment> = Api::namespaced(admin.clone(), &o.ns);
+            let pp = pp.clone();
+            let name = o.deployment.clone().unwrap_or_default();
+            let body = json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "labels": {BENCH_LABEL: BENCH_LABEL_VALUE}},
+                "spec": {
+                    // No kubelet on the test bed: pods would stay Pending, so none are asked for.
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{
+                            "name": "app", "image": "busybox",
+                            "envFrom": [{"secretRef": {"name": o.name}}],
+                        }]},
+                    },
+                },
+            });
+            async move {
+                api.patch(&name, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("Deployment {name}: {e}"))
+            }
+        })
+        .buffer_unordered(args.parallelism)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let refresh = refresh_spec(args);
+    stream::iter(objs.iter())
+        .map(|o| o.apply(admin, &refresh, json!({})))
+        .buffer_unordered(args.parallelism)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok((
+        objs,
+        format!(
+            "AWS secrets {:.1} s, Deployments + RotatedSecrets {:.1} s",
+            aws_secs.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        ),
+    ))
+}
+
+pub fn is_ready(rs: &RotatedSecret) -> bool {
+    rs.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// The benchmark's RotatedSecrets.
+pub async fn list_objects(admin: &Client) -> Res<Vec<RotatedSecret>> {
+    let lp = ListParams::default().labels(&format!("{BENCH_LABEL}={BENCH_LABEL_VALUE}"));
+    Api::<RotatedSecret>::all(admin.clone())
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("list RotatedSecrets: {e}"))
+}
+
+async fn wait_all_ready(admin: &Client, n: usize, timeout: Duration, rotor: &mut Rotor) -> Res<Duration> {
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        rotor.check_alive()?;
+        let list = list_objects(admin).await?;
+        let ready = list.iter().filter(|r| is_ready(r)).count();
+        if ready >= n {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let stuck: Vec<String> = list
+                .iter()
+                .filter(|r| !is_ready(r))
+                .take(5)
+                .map(|r| {
+                    format!(
+                        "{}/{}: {}",
+                        r.namespace().unwrap_or_default(),
+                        r.name_any(),
+                        serde_json::to_string(&r.status.as_ref().map(|s| &s.conditions)).unwrap_or_default()
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "only {ready}/{n} RotatedSecrets Ready after {timeout:?}; e.g.\n{}\nrotor log tail:\n{}",
+                stuck.join("\n"),
+                rotor.log_tail(20)
+            ));
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            log(format!(
+                "{ready}/{n} Ready after {:.0} s",
+                start.elapsed().as_secs_f64()
+            ));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Current `metadata.generation` of the benchmark's Deployments.
+pub async fn generations(admin: &Client) -> Res<HashMap<Key, i64>> {
+    let list = Api::<Deployment>::all(admin.clone())
+        .list(&ListParams::default().labels(&format!("{BENCH_LABEL}={BENCH_LABEL_VALUE}")))
+        .await
+        .map_err(|e| format!("list Deployments: {e}"))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|d| {
+            (
+                (d.namespace().unwrap_or_default(), d.name_any()),
+                d.metadata.generation.unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// What setup measured.
+pub struct Setup {
+    pub apiserver: String,
+    /// How long creating the fleet took.
+    pub times: String,
+    /// From rotor's start to every object Ready.
+    pub ready_in: Duration,
+    pub startup_calls: BTreeMap<String, u64>,
+    /// Deployment generations once every object was Ready.
+    pub baseline: HashMap<Key, i64>,
+    /// Deployments changed at first sync (before any rotation).
+    pub first_sync_restarts: usize,
+}
+
+impl Bench {
+    /// Installs the CRD and RBAC, creates the fleet, starts the proxy and
+    /// rotor, and waits until every object is Ready.
+    pub async fn setup(args: Args) -> Res<(Bench, Setup)> {
+        let bed = TestBed::from_env()?;
+        // Run a private copy: a `cargo build` elsewhere must not swap the binary
+        // between rotor's restarts.
+        let bin = bed.dir.join("rotor-bench-bin");
+        std::fs::copy(env!("CARGO_BIN_EXE_rotor"), &bin)
+            .map_err(|e| format!("copy the rotor binary: {e}"))?;
+
+        let admin = testbed::k8s::client_from(&bed.admin_kubeconfig).await?;
+        let apiserver = admin
+            .apiserver_version()
+            .await
+            .map(|v| v.git_version)
+            .map_err(|e| format!("API server: {e}"))?;
+        testbed::k8s::install_cluster_wide(&admin, &rotor::api::crd::crd(), MANAGER, "rotor-bench").await?;
+        let sm = testbed::aws::secrets_manager(&bed.aws_endpoint);
+        let sqs = testbed::aws::sqs(&bed.aws_endpoint);
+
+        let seen: Shared = Arc::default();
+        spawn_watchers(&admin, &seen);
+
+        log(format!(
+            "creating {} AWS secrets and RotatedSecrets in {} namespaces, {} Deployments",
+            args.objects, args.namespaces, args.rotations
+        ));
+        let (objs, times) = tokio::time::timeout(Duration::from_secs(600), create_fleet(&args, &admin, &sm))
+            .await
+            .map_err(|_| "setup did not finish in 10 minutes".to_owned())??;
+        log(format!("setup: {times}"));
+
+        let proxy = AwsProxy::try_start(&bed.aws_endpoint)?;
+        let mut launcher = Launcher {
+            bin,
+            kubeconfig: bed.rotor_kubeconfig.clone(),
+            endpoint: proxy.url.clone(),
+            dir: bed.dir.clone(),
+            min_refresh: args.min_refresh_interval.clone(),
+            extra: args.rotor_args.clone(),
+            starts: 0,
+        };
+        let started = Instant::now();
+        let mut rotor = launcher.start(None)?;
+        rotor.ready(Duration::from_secs(120)).await?;
+        let ready_timeout = Duration::from_secs(120) + Duration::from_millis(500) * args.objects as u32;
+        wait_all_ready(&admin, args.objects, ready_timeout, &mut rotor).await?;
+        let ready_in = started.elapsed();
+        let startup_calls = proxy.try_calls()?;
+        log(format!(
+            "all {} Ready {:.1} s after rotor started",
+            args.objects,
+            ready_in.as_secs_f64()
+        ));
+        let baseline = generations(&admin).await?;
+        let first_sync_restarts = baseline.values().filter(|&&g| g != 1).count();
+        let setup = Setup {
+            apiserver,
+            times,
+            ready_in,
+            startup_calls,
+            baseline,
+            first_sync_restarts,
+        };
+        let bench = Bench {
+            args,
+            admin,
+            sm,
+            sqs,
+            moto: bed.aws_endpoint,
+            seen,
+            objs,
+            proxy,
+            launcher,
+            rotor,
+        };
+        Ok((bench, setup))
+    }
+
+    /// Waits until rotor has reconciled every object at least once since it
+    /// started (after a restart).
+    pub async fn wait_reconciled_all(&self, what: &str) -> Res<()> {
+        let total = self.objs.len() as u64;
+        let r = &self.rotor;
+        testbed::try_eventually(
+            what,
+            Duration::from_secs(120) + Duration::from_millis(500) * self.objs.len() as u32,
+            || async { r.reconciles().await.ok().filter(|&c| c >= total) },
+        )
+        .await
+        .map(drop)
+    }
+}
