@@ -122,6 +122,9 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
             Err(e) => {
                 warn!(region, error = %e, "version sweep failed; objects fall back to DescribeSecret");
                 all_ok = false;
+                for scope in scopes.iter_mut() {
+                    fall_back(ctx, scope, region);
+                }
                 continue;
             }
         };
@@ -158,6 +161,30 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
         scopes.iter().any(|s| s.store.get(&key).is_some())
     });
     all_ok
+}
+
+/// The sweep of `region` failed: objects that relied on it (requeued at
+/// their drift interval or rotation window) and were not checked within
+/// their refresh interval describe themselves now, so the mirror keeps
+/// following AWSCURRENT while ListSecrets fails.
+fn fall_back(ctx: &Context, scope: &mut Scope, region: &str) {
+    let now = Instant::now();
+    let due: Vec<_> = scope
+        .store
+        .state()
+        .into_iter()
+        .filter(|rs| {
+            let arn = rs.status.as_ref().and_then(|s| s.arn.as_deref());
+            ctx.memory.policy.region_of(rs) == region
+                && rs.metadata.deletion_timestamp.is_none()
+                && arn.is_some_and(|arn| {
+                    ctx.memory.check_age(arn, now) >= ctx.memory.policy.refresh_interval(rs)
+                })
+        })
+        .collect();
+    for rs in due {
+        scope.send(&rs);
+    }
 }
 
 /// Objects whose secret is gone from the listing (deleted outside rotor)

@@ -12,4 +12,5 @@ mod provision;
 mod proxy;
 mod rollout_discovery;
 mod rotation_function;
+mod scale;
 mod sync;
