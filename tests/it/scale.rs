@@ -123,3 +123,48 @@ async fn a_new_object_is_not_queued_behind_a_refresh_backlog() {
         env.rotor_log()
     );
 }
+
+/// ListSecrets failing (a lost permission, an outage of that one API) must
+/// not freeze the mirror: objects that relied on the sweep describe
+/// themselves at their refresh interval, and a rotation still arrives.
+#[tokio::test]
+async fn the_mirror_follows_rotations_while_the_sweep_fails() {
+    let mut env = Env::new().await;
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    env.start_rotor_with_endpoint(&[], &proxy.url);
+    let spec = json!({
+        "secretsManager": {"name": env.aws_name("nosweep"), "initialValue": {"template": {"password": "before-Pw-1"}}},
+        "refreshInterval": "10s",
+    });
+    env.apply_ready("nosweep", spec).await;
+    proxy.fault_spec(json!({"operation": "ListSecrets", "count": -1, "kind": "error", "code": "AccessDeniedException", "status": 400}));
+    let version = env
+        .rotate("nosweep", &json!({"password": "after-Pw-2"}).to_string())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let synced = env
+            .rs_api()
+            .get("nosweep")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.synced_version_id);
+        if synced.as_deref() == Some(version.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotation never arrived: {:?}\n{}",
+            proxy.calls(),
+            env.rotor_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let data = env.secret_data("nosweep").await.expect("Secret");
+    assert_eq!(data.get("password").map(String::as_str), Some("after-Pw-2"));
+    assert!(
+        proxy.calls().get("ListSecrets").copied().unwrap_or(0) >= 2,
+        "the sweep kept trying"
+    );
+}
