@@ -107,7 +107,7 @@ impl Bench {
                 gone.iter().map(|o| (o.ns.clone(), o.name.clone())).collect();
             names.append(&mut invalid);
             self.delete_objects(&names).await?;
-            out.deleted += gone.len();
+            out.deleted += names.len();
             retained.extend(
                 gone.into_iter()
                     .filter(|o| o.name.starts_with("s-"))
