@@ -317,6 +317,19 @@ fn created_key_description(alias: &str, me: &str) -> String {
     format!("rotor: {alias} (created for {me})")
 }
 
+/// The secret under the spec's name, if it exists. A first sync whose
+/// secret the sweep just listed needs no DescribeSecret.
+async fn find_secret(run: &Run<'_>, rc: &RegionClients, me: &str) -> Result<Option<SecretMeta>> {
+    let ctx = run.ctx;
+    if let Some(meta) = ctx.memory.listed_for(run.rs, me, std::time::Instant::now()) {
+        return Ok(Some(meta));
+    }
+    Ok(ctx
+        .aws
+        .describe_secret(rc, &run.rs.spec.secrets_manager.name)
+        .await?)
+}
+
 /// Finds, creates or restores the secret and enforces ownership. Settings
 /// are brought in line separately ([`converge`]), so that a setting AWS
 /// refuses never hides the secret from the mirror.
@@ -341,13 +354,7 @@ pub async fn ensure_secret(run: &mut Run<'_>, key: Option<&KeyInfo>) -> Result<S
     }
 
     let me = ctx.owner_tag_value(rs);
-    // A first sync whose secret the sweep just listed needs no describe.
-    let listed = ctx.memory.listed_for(rs, &me, std::time::Instant::now());
-    let found = match listed {
-        Some(meta) => Some(meta),
-        None => ctx.aws.describe_secret(&rc, &sm.name).await?,
-    };
-    let desc = match found {
+    let desc = match find_secret(run, &rc, &me).await? {
         Some(desc) => desc,
         // This object's secret was deleted outside rotor (force delete, or
         // the recovery window ran out): its value is gone. Creating a new

@@ -14,7 +14,7 @@ use tracing::info;
 use super::events::{publish_about, reason};
 use super::status::Run;
 use super::values;
-use crate::api::{RolledOut, RolloutMode, WorkloadKind, conditions};
+use crate::api::{RolledOut, RolloutMode, RotatedSecret, WorkloadKind, conditions};
 use crate::aws::secrets::{SecretMeta, SecretValue};
 use crate::k8s::mirror::{self, Written};
 use crate::k8s::rollout;
@@ -150,19 +150,7 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &SecretMeta) -> Result<Written
         None => ctx.aws.current_value(&rc, &desc.arn).await?,
     };
     let data = render_bounded(&rs.spec.target, &value).await?;
-    let dropped = previous.dropped_keys(&generation, &data);
-    if !dropped.is_empty() && !rs.spec.target.allow_key_removal {
-        let mut keys = dropped.join(", ");
-        conditions::truncate(&mut keys, 200);
-        return Err(Error::Refused {
-            reason: "KeysRemoved",
-            message: format!(
-                "AWS version {} lacks data keys the Secret holds ({keys}); rotor keeps the last good Secret. Fix \
-                 the AWS secret's value, or set spec.target.allowKeyRemoval: true to accept the new shape",
-                value.version_id
-            ),
-        });
-    }
+    keep_keys(rs, &previous, &generation, &data, &value.version_id)?;
     let written = previous.next(&value.version_id, &generation, Timestamp::now(), &data);
     mirror::apply(&api, rs, &written, &data).await?;
     ctx.metrics.secret_written();
@@ -185,6 +173,31 @@ pub async fn sync_secret(run: &mut Run<'_>, desc: &SecretMeta) -> Result<Written
     run.status.last_sync_time = Some(run.now.clone());
     mark_synced(run, &value.version_id);
     Ok(written)
+}
+
+/// Refuses a version that drops data keys the Secret holds, unless the
+/// spec allows it: rotor keeps the last good Secret.
+fn keep_keys(
+    rs: &RotatedSecret,
+    previous: &Written,
+    generation: &str,
+    data: &mirror::SecretData,
+    version: &str,
+) -> Result<()> {
+    let dropped = previous.dropped_keys(generation, data);
+    if !dropped.is_empty() && !rs.spec.target.allow_key_removal {
+        let mut keys = dropped.join(", ");
+        conditions::truncate(&mut keys, 200);
+        return Err(Error::Refused {
+            reason: "KeysRemoved",
+            message: format!(
+                "AWS version {} lacks data keys the Secret holds ({keys}); rotor keeps the last good Secret. Fix \
+                 the AWS secret's value, or set spec.target.allowKeyRemoval: true to accept the new shape",
+                version
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Renders off the async runtime under a time limit: a tenant's template

@@ -45,6 +45,10 @@ async fn a_warm_start_costs_listings_and_batches_not_calls_per_object() {
     let calls = proxy.calls();
     let count = |op: &str| calls.get(op).copied().unwrap_or(0);
     let total: u64 = calls.values().sum();
+    eprintln!(
+        "warm start of {N} objects: {total} AWS calls {calls:?} in {:?}",
+        started.elapsed()
+    );
     // The sweep lists once per interval (60 s while idle), so a start that
     // takes longer than that may list again: allow one listing per minute.
     let listings = 1 + started.elapsed().as_secs() / 60;
