@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the fleet benchmark of issue 4 (benches/fleet.rs) on a test
+# `make bench`: the fleet benchmark of issue 4 (benches/fleet/) on a test
 # bed of its own, stopped whatever the outcome. Arguments go to the benchmark:
 #   hack/bench.sh --objects 50 --minutes 1
 # Results: stdout, $TESTBED_DIR/results.md and $TESTBED_DIR/results.json.
