@@ -3,6 +3,16 @@
 # kube-controller-manager, moto, and for the rotation function (rotator/)
 # PostgreSQL 15 and MariaDB with TLS from a CA made here, on free loopback ports. `up` writes
 # $TESTBED_DIR/env with the variables the integration tests read.
+#
+#   up-control-plane   etcd and kube-apiserver only (a private control plane
+#                      that a failure test may restart without disturbing others)
+#   restart NAME [S]   stops one component (etcd, kube-apiserver, ...: SIGTERM,
+#                      SIGKILL after 5 s), keeps it down S seconds (default
+#                      0), starts it again with the same command line and
+#                      waits until it answers
+#
+# TESTBED_AUDIT_USER=rotor makes kube-apiserver write an audit log of that
+# user's requests to $TESTBED_DIR/audit.log (the benchmark counts them).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,10 +35,41 @@ wait_for() { # what, seconds, command...
   return 1
 }
 
+# Starts a component, remembering its command line and pid for `restart`.
 start() { # name, command...
   local name=$1; shift
-  "$@" >"$TESTBED_DIR/$name.log" 2>&1 &
+  mkdir -p "$TESTBED_DIR/cmd"
+  printf '%q ' "$@" >"$TESTBED_DIR/cmd/$name"
+  [ -n "${restarting:-}" ] || : >"$TESTBED_DIR/$name.log"
+  "$@" >>"$TESTBED_DIR/$name.log" 2>&1 &
   echo "$!" >>"$TESTBED_DIR/pids"
+  echo "$!" >"$TESTBED_DIR/cmd/$name.pid"
+}
+
+# wait_for, keeping the check for `restart`.
+ready() { # name, seconds, command...
+  printf '%q ' "${@:3}" >"$TESTBED_DIR/cmd/$1.ready"
+  wait_for "$@"
+}
+
+restart() { # name, seconds down
+  local name=$1 down_for=${2:-0} pid cmd check
+  [ -f "$TESTBED_DIR/cmd/$name" ] || { log "no component $name in $TESTBED_DIR"; exit 2; }
+  cmd=$(cat "$TESTBED_DIR/cmd/$name")
+  pid=$(cat "$TESTBED_DIR/cmd/$name.pid")
+  # kube-apiserver 1.20 does not exit on SIGTERM while a watch is open.
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  log "$name stopped (pid $pid)"
+  sleep "$down_for"
+  local restarting=1
+  eval "start $name $cmd"
+  if [ -f "$TESTBED_DIR/cmd/$name.ready" ]; then
+    check=$(cat "$TESTBED_DIR/cmd/$name.ready")
+    eval "wait_for $name 90 $check"
+  fi
+  log "$name started again (pid $(cat "$TESTBED_DIR/cmd/$name.pid"))"
 }
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -95,31 +136,45 @@ down() {
     tac "$TESTBED_DIR/pids" | while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done
     rm -f "$TESTBED_DIR/pids"
   fi
-  rm -rf "$TESTBED_DIR/etcd" "$TESTBED_DIR/certs" "$TESTBED_DIR/mariadb" "$TESTBED_DIR/db-tls"
+  rm -rf "$TESTBED_DIR/etcd" "$TESTBED_DIR/certs" "$TESTBED_DIR/mariadb" "$TESTBED_DIR/db-tls" "$TESTBED_DIR/cmd"
   log "stopped"
 }
 
-up() {
+# etcd and kube-apiserver with the admin and rotor kubeconfigs; sets
+# `assets` and `api_port` for the caller.
+control_plane() {
   [ -f "$TESTBED_DIR/pids" ] && down
   mkdir -p "$TESTBED_DIR"
-  local assets
   assets=$("$ROOT/hack/install-testbed.sh" | tail -n 1)
   log "assets: $assets"
 
-  local etcd_port peer_port api_port kcm_port moto_port
+  local etcd_port peer_port
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
-  kcm_port=$(free_port); moto_port=$(free_port)
 
   start etcd "$assets/etcd" --data-dir "$TESTBED_DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "default=http://127.0.0.1:$peer_port" --unsafe-no-fsync
-  wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+  ready etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
   openssl genrsa -out "$TESTBED_DIR/sa.key" 2048 2>/dev/null
   openssl rsa -in "$TESTBED_DIR/sa.key" -pubout -out "$TESTBED_DIR/sa.pub" 2>/dev/null
-  local admin_token rotor_token
+  local admin_token rotor_token audit=()
   admin_token=$(openssl rand -hex 16); rotor_token=$(openssl rand -hex 16)
+  if [ -n "${TESTBED_AUDIT_USER:-}" ]; then
+    # Metadata of one user's requests only: what the benchmark counts.
+    cat >"$TESTBED_DIR/audit-policy.yaml" <<POLICY
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["$TESTBED_AUDIT_USER"]
+- level: None
+POLICY
+    rm -f "$TESTBED_DIR/audit.log"
+    audit=(--audit-policy-file="$TESTBED_DIR/audit-policy.yaml" --audit-log-path="$TESTBED_DIR/audit.log")
+  fi
   cat >"$TESTBED_DIR/tokens.csv" <<TOKENS
 $admin_token,admin,admin-uid,"system:masters"
 $rotor_token,rotor,rotor-uid
@@ -130,11 +185,27 @@ TOKENS
     --cert-dir="$TESTBED_DIR/certs" --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$TESTBED_DIR/sa.pub" --service-account-signing-key-file="$TESTBED_DIR/sa.key" \
     --token-auth-file="$TESTBED_DIR/tokens.csv" --authorization-mode=RBAC \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true
-  wait_for kube-apiserver 60 curl -skf -H "Authorization: Bearer $admin_token" "https://127.0.0.1:$api_port/readyz"
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true "${audit[@]}"
+  ready kube-apiserver 60 curl -skf -H "Authorization: Bearer $admin_token" "https://127.0.0.1:$api_port/readyz"
 
   write_kubeconfig admin "$admin_token" "$api_port"
   write_kubeconfig rotor "$rotor_token" "$api_port"
+}
+
+up_control_plane() {
+  local assets api_port
+  control_plane
+  cat >"$TESTBED_DIR/env" <<ENV
+export ROTOR_TEST_ADMIN_KUBECONFIG=$TESTBED_DIR/admin.kubeconfig
+export ROTOR_TEST_ROTOR_KUBECONFIG=$TESTBED_DIR/rotor.kubeconfig
+ENV
+  log "up: API server https://127.0.0.1:$api_port (env in $TESTBED_DIR/env)"
+}
+
+up() {
+  local assets api_port kcm_port moto_port
+  control_plane
+  kcm_port=$(free_port); moto_port=$(free_port)
 
   start kube-controller-manager "$assets/kube-controller-manager" --kubeconfig="$TESTBED_DIR/admin.kubeconfig" \
     --leader-elect=false --port=0 --secure-port="$kcm_port" --bind-address=127.0.0.1 \
@@ -189,6 +260,8 @@ KC
 
 case "${1:-}" in
   up) up ;;
+  up-control-plane) up_control_plane ;;
+  restart) restart "${2:?usage: $0 restart NAME [SECONDS]}" "${3:-0}" ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|up-control-plane|restart NAME [SECONDS]|down" >&2; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub mod aws;
+pub mod control_plane;
 pub mod db;
 pub mod http;
 pub mod k8s;
@@ -23,6 +24,7 @@ pub mod proxy;
 pub mod rotor;
 pub mod wait;
 
+pub use control_plane::ControlPlane;
 pub use proxy::AwsProxy;
 pub use rotor::{Rotor, RotorCommand};
 pub use wait::{eventually, random_suffix, try_eventually, uuid_like};
