@@ -10,6 +10,7 @@ mod install;
 mod leader;
 mod provision;
 mod proxy;
+mod reliability;
 mod rollout_discovery;
 mod rotation_function;
 mod scale;
