@@ -20,6 +20,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# rotor's requests to the API server are counted from its audit log.
+export TESTBED_AUDIT_USER=rotor
+# The binary is named by the last commit that changed what it is built from,
+# so commits of docs or benchmarks do not force a release rebuild of rotor.
+if [ -z "${ROTOR_GIT_SHA:-}" ]; then
+  sources=(src Cargo.toml Cargo.lock build.rs)
+  ROTOR_GIT_SHA=$(git log -1 --format=%h --abbrev=12 -- "${sources[@]}")
+  git diff --quiet HEAD -- "${sources[@]}" || ROTOR_GIT_SHA+=-dirty
+  export ROTOR_GIT_SHA
+fi
+
 # Build first, so that compile time does not count against the test bed.
 cargo build --release --bin rotor
 cargo bench --bench fleet --no-run

@@ -18,7 +18,7 @@ use rotor::api::RotatedSecret;
 use serde_json::json;
 
 use crate::setup::{Obj, is_ready, list_objects, refresh_spec};
-use crate::{Bench, CLUSTER, NS_PREFIX, Res, log};
+use crate::{Bench, NS_PREFIX, Res, log};
 
 pub struct Churn {
     pub minutes: f64,
@@ -188,14 +188,7 @@ impl Bench {
     /// An object rotor refuses (refreshInterval over 24h): Ready=False
     /// InvalidSpec, no AWS call, no finalizer.
     async fn apply_invalid(&self, ns: &str, name: &str) -> Res<()> {
-        let o = Obj {
-            ns: ns.to_owned(),
-            name: name.to_owned(),
-            aws_name: format!("{CLUSTER}/{ns}/{name}"),
-            arn: String::new(),
-            version: String::new(),
-            deployment: None,
-        };
+        let o = Obj::planned(ns.to_owned(), name.to_owned());
         o.apply(&self.admin, "25h", json!({})).await
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use testbed::AwsProxy;
 use tokio::sync::Semaphore;
 
+use crate::audit::Audit;
 use crate::report::ops;
 use crate::{Bench, Res, log};
 
@@ -19,6 +20,8 @@ pub struct Idle {
     pub peer: BTreeMap<String, u64>,
     pub peer_errors: u64,
     pub per_minute: Vec<u64>,
+    /// rotor's API-server requests (the audit log), by verb and resource.
+    pub api: BTreeMap<String, u64>,
     pub cpu_seconds: f64,
     pub reconciles: u64,
     pub rss_kib: u64,
@@ -34,6 +37,9 @@ impl Idle {
     }
     pub fn peer_rate(&self) -> f64 {
         Self::rate(&self.peer, self.minutes)
+    }
+    pub fn api_rate(&self) -> f64 {
+        Self::rate(&self.api, self.minutes)
     }
 }
 
@@ -83,6 +89,8 @@ impl Bench {
         let peer_proxy = AwsProxy::try_start(&self.moto)?;
         let window = Duration::from_secs_f64(self.args.minutes * 60.0);
         self.proxy.try_reset()?;
+        let audit = Audit::new(&self.dir);
+        let audit0 = audit.mark()?;
         let cpu0 = self.rotor.cpu_seconds();
         let reconciles0 = self.rotor.reconciles().await?;
         let start = Instant::now();
@@ -115,6 +123,7 @@ impl Bench {
         }
         tokio::time::sleep_until(until.into()).await;
         let rotor_calls = self.proxy.try_calls()?;
+        let api = audit.since(audit0)?;
         let minutes = start.elapsed().as_secs_f64() / 60.0;
         let peer_errors = tokio::time::timeout(Duration::from_secs(60), peer)
             .await
@@ -128,6 +137,7 @@ impl Bench {
             peer: peer_calls,
             peer_errors,
             per_minute,
+            api,
             cpu_seconds: self.rotor.cpu_seconds() - cpu0,
             reconciles: self.rotor.reconciles().await?.saturating_sub(reconciles0),
             rss_kib,

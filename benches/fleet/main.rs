@@ -20,11 +20,14 @@
 //!
 //! Needs the test bed variables (`ROTOR_TEST_*`, from `hack/testbed.sh up`).
 
+mod audit;
 mod churn;
 mod idle;
+mod newcomers;
 mod report;
 mod rotation;
 mod setup;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +64,22 @@ struct Args {
     /// Namespaces the objects are spread over.
     #[arg(long, default_value_t = 4)]
     namespaces: usize,
+    /// rotor creates the AWS secrets (from `initialValue`), at its
+    /// `--aws-write-rate`; then a second rotor is started over the Ready fleet
+    /// (the warm start). Without it the secrets exist before rotor starts.
+    #[arg(long)]
+    cold: bool,
+    /// The failure scenarios (`make soak`, RELIABILITY.md) instead of the idle
+    /// phase and the standard rounds; implies `--cold`, each object with a KMS
+    /// key of its own, rotor SIGKILLed 10 times while it creates them.
+    #[arg(long)]
+    soak: bool,
+    /// Objects provisioned while AWS fails 20% of calls (with `--soak`).
+    #[arg(long, default_value_t = 200)]
+    soak_fault_objects: usize,
+    /// Objects created one a second after the idle phase, timed to Ready.
+    #[arg(long, default_value_t = 20)]
+    newcomers: usize,
     /// Deployments (one per secret, the first ones) and rotations per round.
     #[arg(long, default_value_t = 100)]
     rotations: usize,
@@ -153,11 +172,15 @@ struct Bench {
     sm: aws_sdk_secretsmanager::Client,
     sqs: aws_sdk_sqs::Client,
     moto: String,
+    /// The test bed's folder (logs, the API server's audit log).
+    dir: PathBuf,
     seen: Shared,
     objs: Vec<Obj>,
     proxy: AwsProxy,
     launcher: Launcher,
     rotor: Rotor,
+    /// The second replica, while the soak runs two.
+    standby: Option<Rotor>,
 }
 
 async fn run(args: Args) -> Res<bool> {
@@ -166,11 +189,22 @@ async fn run(args: Args) -> Res<bool> {
     }
     let args = Args {
         rotations: args.rotations.min(args.objects),
+        cold: args.cold || args.soak,
         ..args
     };
     let mut report = report::Report::begin(&args);
     let (mut bench, setup) = Bench::setup(args).await?;
     report.apiserver = setup.apiserver.clone();
+    if bench.args.soak {
+        let scenarios = bench.soak().await?;
+        let once = bench.exactly_once(scenarios.len(), &setup.baseline).await?;
+        let end = bench.end_state().await?;
+        bench.rotor.stop();
+        if let Some(mut s) = bench.standby.take() {
+            s.stop();
+        }
+        return report.soak(&bench.args, &setup, scenarios, once, end);
+    }
 
     log(format!("settling for {:?}", bench.args.settle));
     tokio::time::sleep(bench.args.settle).await;
@@ -179,6 +213,7 @@ async fn run(args: Args) -> Res<bool> {
         bench.args.minutes
     ));
     let idle = bench.idle().await?;
+    let newcomers = bench.newcomers(bench.args.newcomers).await?;
     let rounds = bench.rounds().await?;
     let once = bench.exactly_once(rounds.len(), &setup.baseline).await?;
     let end_memory = bench.rotor.memory();
@@ -188,5 +223,14 @@ async fn run(args: Args) -> Res<bool> {
         None
     };
     bench.rotor.stop();
-    report.finish(&bench.args, setup, idle, rounds, once, end_memory, churn)
+    report.finish(
+        &bench.args,
+        setup,
+        idle,
+        newcomers,
+        rounds,
+        once,
+        end_memory,
+        churn,
+    )
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::churn::Churn;
 use crate::idle::Idle;
+use crate::newcomers::Newcomers;
 use crate::rotation::{ExactlyOnce, Round};
 use crate::setup::Setup;
 use crate::{Args, CLUSTER, Res};
@@ -50,6 +51,7 @@ impl Report {
         args: &Args,
         setup: Setup,
         idle: Idle,
+        newcomers: Newcomers,
         rounds: Vec<Round>,
         once: ExactlyOnce,
         (rss_end, hwm_end): (u64, u64),
@@ -103,20 +105,41 @@ impl Report {
             args.min_refresh_interval,
             args.rotor_args.join(" ")
         ));
-        line(format!(
-            "setup:    {}; all Ready {:.1} s after rotor started ({} AWS calls: {})",
-            setup.times,
-            setup.ready_in.as_secs_f64(),
-            setup.startup_calls.values().sum::<u64>(),
-            ops(&setup.startup_calls, 1.0)
-        ));
+        line(format!("setup:    {}", setup.times));
         line(String::new());
         line("| measurement | result | target |".into());
         line("|---|---|---|".into());
+        let n = args.objects as u64;
+        let start_calls = setup.startup_calls.values().sum::<u64>();
+        let warm_target = n.div_ceil(100) + n.div_ceil(20) + 5;
+        let (warm_secs, warm_calls) = match &setup.warm {
+            Some((took, calls)) => {
+                line(format!(
+                    "| cold start: rotor creates {n} secrets, all Ready (`--aws-write-rate` floor {:.0} s) | **{:.1} s**, {start_calls} AWS calls ({}) | |",
+                    n as f64 / write_rate(args),
+                    setup.ready_in.as_secs_f64(),
+                    ops(&setup.startup_calls, 1.0)
+                ));
+                (took.as_secs_f64(), calls)
+            }
+            None => (setup.ready_in.as_secs_f64(), &setup.startup_calls),
+        };
+        let warm_total = warm_calls.values().sum::<u64>();
         line(format!(
-            "| idle AWS calls/min, rotor (at the endpoint, {:.1} min) | **{rotor_rate:.1}** | ≤ 15 ({}) |",
+            "| warm start: every object {} | **{warm_secs:.1} s**, **{warm_total}** AWS calls ({}) | ≤ {warm_target} calls ({}) |",
+            if setup.warm.is_some() {
+                "reconciled by a restarted rotor"
+            } else {
+                "Ready (secrets existed)"
+            },
+            ops(warm_calls, 1.0),
+            verdict(warm_total <= warm_target)
+        ));
+        let idle_target = (n.div_ceil(100) + 5) as f64 * 60.0 / refresh_s;
+        line(format!(
+            "| idle AWS calls/min, rotor (at the endpoint, {:.1} min) | **{rotor_rate:.1}** | ≤ {idle_target:.0} ({}) |",
             idle.minutes,
-            verdict(rotor_rate <= 15.0)
+            verdict(rotor_rate <= idle_target)
         ));
         line(format!(
             "| ↳ by operation, per min | {} | |",
@@ -137,6 +160,28 @@ impl Report {
         line(format!(
             "| ratio peer / rotor | **{ratio:.1}×** | ≥ 60× ({}) |",
             verdict(ratio >= 60.0)
+        ));
+        line(format!(
+            "| idle API-server requests/min, rotor (audit log) | **{:.1}** ({}) | |",
+            idle.api_rate(),
+            ops(&idle.api, idle.minutes)
+        ));
+        let mut new_sorted = newcomers.ready.clone();
+        new_sorted.sort_by(|a, b| a.total_cmp(b));
+        let p = |q| percentile(&new_sorted, q);
+        complete &= newcomers.missing == 0;
+        line(format!(
+            "| new object → Ready, {} created one a second among {n}: p50 / p95 / p99 | **{:.2} / {:.2} / {:.2} s**{} | p95 ≤ 10 s ({}) |",
+            newcomers.ready.len() + newcomers.missing,
+            p(50.0),
+            p(95.0),
+            p(99.0),
+            if newcomers.missing > 0 {
+                format!("; **{} not Ready in 2 min**", newcomers.missing)
+            } else {
+                String::new()
+            },
+            verdict(newcomers.missing == 0 && p(95.0) <= 10.0)
         ));
         let poll_target = refresh_s + 2.0;
         for r in &rounds {
@@ -165,8 +210,13 @@ impl Report {
             mib(hwm_end)
         ));
         line(format!(
-            "| rotor CPU during the idle phase | {:.1} s ({:.2}% of one core) | |",
+            "| ↳ RSS after the idle phase per object (an upper bound: includes the base) | {:.0} bytes | |",
+            idle.rss_kib as f64 * 1024.0 / n as f64
+        ));
+        line(format!(
+            "| rotor CPU during the idle phase | {:.1} s ({:.1} s per minute, {:.2}% of one core) | |",
             idle.cpu_seconds,
+            idle.cpu_seconds / idle.minutes,
             100.0 * idle.cpu_seconds / (idle.minutes * 60.0)
         ));
         line(format!(
@@ -185,13 +235,15 @@ impl Report {
             let mut doc = json!({
                 "command": self.command, "machine": machine(), "load_start": self.load_start, "load_end": load_end,
                 "apiserver": self.apiserver, "objects": args.objects, "refresh_seconds": refresh_s,
-                "ready_seconds": setup.ready_in.as_secs_f64(), "startup_aws_calls": setup.startup_calls,
+                "cold": args.cold, "ready_seconds": setup.ready_in.as_secs_f64(), "startup_aws_calls": setup.startup_calls,
+                "warm_start": setup.warm.as_ref().map(|(t, c)| json!({"seconds": t.as_secs_f64(), "aws_calls": c})),
+                "newcomers": {"ready_seconds": newcomers.ready, "missing": newcomers.missing},
                 "idle": {
                     "minutes": idle.minutes, "rotor_calls": idle.rotor, "rotor_per_minute": rotor_rate,
                     "rotor_calls_each_minute": idle.per_minute,
                     "peer_calls": idle.peer, "peer_per_minute": peer_rate, "peer_errors": idle.peer_errors,
                     "ratio": ratio, "rss_kib": idle.rss_kib, "hwm_kib": idle.hwm_kib, "cpu_seconds": idle.cpu_seconds,
-                    "reconciles": idle.reconciles,
+                    "reconciles": idle.reconciles, "api_requests": idle.api,
                 },
                 "rounds": rounds.iter().map(round_json).collect::<Vec<_>>(),
                 "exactly_once": {"extra": extra, "missing": missing, "first_sync_restarts": first_sync_restarts},
@@ -317,6 +369,14 @@ fn churn_json(c: &Churn) -> Value {
     })
 }
 
+/// rotor's `--aws-write-rate`, as passed with `--rotor-arg`, or its default.
+fn write_rate(args: &Args) -> f64 {
+    args.rotor_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--aws-write-rate=")?.parse().ok())
+        .unwrap_or(20.0)
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -394,4 +454,107 @@ fn loadavg() -> String {
 
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
+}
+
+/// AWS operations that change something (rotor makes none while it only
+/// follows rotations).
+fn writes(calls: &BTreeMap<String, u64>) -> u64 {
+    const READS: [&str; 5] = ["Describe", "Get", "List", "BatchGet", "ReceiveMessage"];
+    calls
+        .iter()
+        .filter(|(op, _)| !READS.iter().any(|r| op.starts_with(r)))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+impl Report {
+    /// The soak's results (`--soak`): each scenario and the end-state check;
+    /// whether nothing was lost, duplicated or rolled twice.
+    pub fn soak(
+        self,
+        args: &Args,
+        setup: &Setup,
+        scenarios: Vec<crate::soak::Scenario>,
+        once: ExactlyOnce,
+        end: crate::soak::EndState,
+    ) -> Res<bool> {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line("## rotor soak: control-plane and process failures".into());
+        line(String::new());
+        line(format!("command:  {}", self.command));
+        line(format!("machine:  {}", machine()));
+        line(format!(
+            "load avg: {} at start, {} at end",
+            self.load_start,
+            loadavg()
+        ));
+        line(format!(
+            "versions: rotor {} ({}), kube-apiserver {}, moto {}",
+            env!("CARGO_PKG_VERSION"),
+            self.revision,
+            self.apiserver,
+            sh("python3", &["-c", "import moto; print(moto.__version__)"]),
+        ));
+        line(format!(
+            "fleet:    {} RotatedSecrets in {} namespaces, each with a secret and a KMS key rotor creates; {} Deployments; refreshInterval {}s",
+            args.objects,
+            args.namespaces,
+            args.rotations,
+            args.refresh.as_secs_f64()
+        ));
+        line(String::new());
+        line("| scenario | what was injected, and what rotor did | rotation → Secret p50 / p99 / max | → workload p99 | missed | Deployments rolled exactly once | AWS writes |".into());
+        line("|---|---|---|---|---|---|---|".into());
+        line(format!(
+            "| provisioning, rotor SIGKILLed 10 times | rotor started {} times while creating {} secrets and keys; all Ready {:.1} s after the first start | | | | | {} |",
+            11,
+            args.objects,
+            setup.ready_in.as_secs_f64(),
+            writes(&setup.startup_calls)
+        ));
+        let mut ok = true;
+        for s in &scenarios {
+            let Some(r) = &s.round else { continue };
+            let (s50, s99, smax) = stats(&r.secret);
+            let (_, w99, _) = stats(&r.workload);
+            let missed = r.missing_secret + r.missing_workload;
+            let once_n = r.changes.iter().filter(|&&c| c == 1).count();
+            ok &= missed == 0 && once_n == r.changes.len();
+            line(format!(
+                "| {} | {} | {s50:.2} / {s99:.2} / {smax:.2} s | {w99:.2} s | {} Secrets, {} workloads | {once_n}/{} | {} |",
+                s.name,
+                s.note,
+                r.missing_secret,
+                r.missing_workload,
+                r.changes.len(),
+                writes(&r.calls)
+            ));
+        }
+        let ExactlyOnce {
+            want, extra, missing, ..
+        } = once;
+        ok &= extra == 0 && missing == 0 && end.clean();
+        line(String::new());
+        line(format!(
+            "exactly once over the {want} rounds: {extra} extra and {missing} missing pod-template changes ({})",
+            verdict(extra == 0 && missing == 0)
+        ));
+        line(format!(
+            "end state: {} objects whose secrets rotor created; {} AWS secrets ({} objects without one); {} KMS keys, {} aliases, {} keys no alias names; {} Secrets not at AWSCURRENT ({})",
+            end.objects,
+            end.secrets,
+            end.without_secret,
+            end.keys,
+            end.aliases,
+            end.orphan_keys,
+            end.stale_secrets,
+            verdict(end.clean())
+        ));
+        println!("{out}");
+        Ok(ok)
+    }
 }

@@ -11,13 +11,14 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::setup::{Key, generations};
+use crate::soak::Fault;
 use crate::{Bench, Res, log};
 
-struct RoundPlan {
-    name: &'static str,
-    spread: Duration,
-    events_queue: Option<String>,
-    kill_at: Option<usize>,
+pub struct RoundPlan {
+    pub name: &'static str,
+    pub spread: Duration,
+    pub events_queue: Option<String>,
+    pub fault: Option<Fault>,
 }
 
 #[derive(Default)]
@@ -43,7 +44,7 @@ pub struct ExactlyOnce {
     pub distinct_ok: usize,
 }
 
-type Moves = Arc<Mutex<Vec<Option<(String, Instant)>>>>;
+pub type Moves = Arc<Mutex<Vec<Option<(String, Instant)>>>>;
 
 impl Bench {
     /// The three rounds: polling, polling with a crash, SQS events (rotor
@@ -54,14 +55,14 @@ impl Bench {
             name: "polling",
             spread: self.args.refresh,
             events_queue: None,
-            kill_at: None,
+            fault: None,
         };
         rounds.push(self.rotation_round(poll).await?);
         let restart = RoundPlan {
             name: "polling, rotor killed midway",
             spread: Duration::ZERO,
             events_queue: None,
-            kill_at: Some(self.args.rotations.div_ceil(2)),
+            fault: Some(Fault::KillAt(self.args.rotations.div_ceil(2))),
         };
         rounds.push(self.rotation_round(restart).await?);
 
@@ -75,7 +76,7 @@ impl Bench {
             name: "SQS events",
             spread: self.args.refresh,
             events_queue: Some(queue),
-            kill_at: None,
+            fault: None,
         };
         rounds.push(self.rotation_round(events).await?);
         Ok(rounds)
@@ -170,7 +171,7 @@ impl Bench {
     }
 
     /// (secrets updated, workloads annotated) among the targets.
-    fn progress(&self, targets: &[usize], moves: &Moves) -> (usize, usize) {
+    pub fn progress(&self, targets: &[usize], moves: &Moves) -> (usize, usize) {
         let moves = moves.lock().expect("moves lock");
         let seen = self.seen.lock().expect("seen lock");
         let mut done = (0, 0);
@@ -192,7 +193,7 @@ impl Bench {
 
     /// SIGKILLs rotor once `kill_at` Secrets have the new version and starts
     /// it again; returns the round's note.
-    async fn crash_midway(
+    pub async fn crash_midway(
         &mut self,
         plan: &RoundPlan,
         kill_at: usize,
@@ -224,7 +225,7 @@ impl Bench {
         ))
     }
 
-    async fn rotation_round(&mut self, plan: RoundPlan) -> Res<Round> {
+    pub async fn rotation_round(&mut self, plan: RoundPlan) -> Res<Round> {
         let targets: Vec<usize> = (0..self.objs.len())
             .filter(|&i| self.objs[i].deployment.is_some())
             .collect();
@@ -238,10 +239,10 @@ impl Bench {
 
         let start = Instant::now();
         let (driver, moves) = self.drive_rotations(&plan, &targets, start);
-        let mut note = String::new();
-        if let Some(kill_at) = plan.kill_at {
-            note = self.crash_midway(&plan, kill_at, &targets, &moves).await?;
-        }
+        let note = match &plan.fault {
+            Some(fault) => self.inject(&plan, fault, &targets, &moves).await?,
+            None => String::new(),
+        };
 
         tokio::time::timeout(plan.spread + Duration::from_secs(300), driver)
             .await
@@ -277,7 +278,7 @@ impl Bench {
         // Let anything late (a second patch would be a bug) show up before
         // counting: after a restart, until the new process has reconciled every
         // object once; then a few more seconds.
-        if plan.kill_at.is_some() {
+        if plan.fault.as_ref().is_some_and(Fault::restarts_rotor) {
             self.wait_reconciled_all("the restarted rotor to reconcile every object")
                 .await?;
         }

@@ -32,6 +32,8 @@ pub struct Launcher {
     min_refresh: String,
     extra: Vec<String>,
     starts: usize,
+    /// Start replicas that elect a leader (the soak's failover scenario).
+    pub leader_election: bool,
 }
 
 impl Launcher {
@@ -47,6 +49,19 @@ impl Launcher {
         .into();
         if let Some(q) = events_queue {
             args.extend(["--events-queue-url".into(), q.to_owned()]);
+        }
+        if self.leader_election {
+            let lease = format!("{}s", crate::soak::LEASE_SECONDS);
+            args.extend(
+                [
+                    "--leader-election",
+                    "--leader-election-lease",
+                    "rotor-bench",
+                    "--leader-election-lease-duration",
+                    &lease,
+                ]
+                .map(String::from),
+            );
         }
         args.extend(self.extra.iter().cloned());
         let rotor = Rotor::spawn(&RotorCommand {
@@ -94,11 +109,38 @@ pub struct Seen {
     /// First time each `rotor.dev/version-id` value was seen on a Secret.
     pub secrets: HashMap<Key, HashMap<String, Instant>>,
     pub deploys: HashMap<Key, DeployTrack>,
+    /// First time each RotatedSecret was seen Ready.
+    pub ready: HashMap<Key, Instant>,
 }
 
 pub type Shared = Arc<Mutex<Seen>>;
 
 fn spawn_watchers(client: &Client, seen: &Shared) {
+    // A watch, not lists: listing 10,000 objects every few seconds would load
+    // the API server the benchmark measures.
+    let objects = watcher(
+        Api::<RotatedSecret>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{BENCH_LABEL}={BENCH_LABEL_VALUE}")),
+    )
+    .default_backoff();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(objects);
+        while let Some(ev) = objects.next().await {
+            let (Ok(Event::Apply(rs)) | Ok(Event::InitApply(rs))) = ev else {
+                continue;
+            };
+            if is_ready(&rs) {
+                let key = (rs.namespace().unwrap_or_default(), rs.name_any());
+                s.lock()
+                    .expect("seen lock")
+                    .ready
+                    .entry(key)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+
     // Metadata only: the benchmark never reads secret values.
     let secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
@@ -169,6 +211,8 @@ pub struct Obj {
     pub version: String,
     /// The Deployment consuming its Secret, for the first `rotations` objects.
     pub deployment: Option<String>,
+    /// rotor created its AWS secret (`--cold`).
+    pub created_by_rotor: bool,
 }
 
 impl Obj {
@@ -199,10 +243,25 @@ impl Obj {
             arn: out.arn().unwrap_or_default().to_owned(),
             version: out.version_id().unwrap_or_default().to_owned(),
             deployment: None,
+            created_by_rotor: false,
             ns,
             name,
             aws_name,
         })
+    }
+
+    /// An object whose AWS secret rotor is to create (`--cold`); its ARN and
+    /// version are filled in from its status once it is Ready.
+    pub fn planned(ns: String, name: String) -> Obj {
+        Obj {
+            aws_name: format!("{CLUSTER}/{ns}/{name}"),
+            arn: String::new(),
+            version: String::new(),
+            deployment: None,
+            created_by_rotor: true,
+            ns,
+            name,
+        }
     }
 
     /// Server-side applies its RotatedSecret, `spec` merged into the
@@ -255,7 +314,12 @@ async fn create_fleet(
     let objs: Vec<Obj> = stream::iter(0..args.objects)
         .map(|i| async move {
             let ns = format!("{NS_PREFIX}{}", i % args.namespaces);
-            let mut o = Obj::create(sm, ns, format!("s-{i:05}")).await?;
+            let name = format!("s-{i:05}");
+            let mut o = if args.cold {
+                Obj::planned(ns, name)
+            } else {
+                Obj::create(sm, ns, name).await?
+            };
             o.deployment = (i < args.rotations).then(|| format!("app-{i:05}"));
             Ok::<_, String>((i, o))
         })
@@ -301,7 +365,16 @@ async fn create_fleet(
         .await?;
     let refresh = refresh_spec(args);
     stream::iter(objs.iter())
-        .map(|o| o.apply(admin, &refresh, json!({})))
+        .map(|o| {
+            // Cold: rotor creates the secret, with the username the rotation
+            // rounds keep and a generated password.
+            let spec = if args.cold {
+                crate::soak::cold_spec(o, args.soak)
+            } else {
+                json!({})
+            };
+            o.apply(admin, &refresh, spec)
+        })
         .buffer_unordered(args.parallelism)
         .try_collect::<Vec<()>>()
         .await?;
@@ -333,17 +406,23 @@ pub async fn list_objects(admin: &Client) -> Res<Vec<RotatedSecret>> {
         .map_err(|e| format!("list RotatedSecrets: {e}"))
 }
 
-async fn wait_all_ready(admin: &Client, n: usize, timeout: Duration, rotor: &mut Rotor) -> Res<Duration> {
+async fn wait_all_ready(
+    admin: &Client,
+    seen: &Shared,
+    n: usize,
+    timeout: Duration,
+    rotor: &mut Rotor,
+) -> Res<Duration> {
     let start = Instant::now();
     let mut last_report = Instant::now();
     loop {
         rotor.check_alive()?;
-        let list = list_objects(admin).await?;
-        let ready = list.iter().filter(|r| is_ready(r)).count();
+        let ready = seen.lock().expect("seen lock").ready.len();
         if ready >= n {
             return Ok(start.elapsed());
         }
         if start.elapsed() > timeout {
+            let list = list_objects(admin).await?;
             let stuck: Vec<String> = list
                 .iter()
                 .filter(|r| !is_ready(r))
@@ -370,7 +449,7 @@ async fn wait_all_ready(admin: &Client, n: usize, timeout: Duration, rotor: &mut
             ));
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -397,9 +476,13 @@ pub struct Setup {
     pub apiserver: String,
     /// How long creating the fleet took.
     pub times: String,
-    /// From rotor's start to every object Ready.
+    /// From rotor's start to every object Ready: rotor created the secrets
+    /// (`--cold`) or they existed.
     pub ready_in: Duration,
     pub startup_calls: BTreeMap<String, u64>,
+    /// `--cold`: a second rotor started over the Ready fleet, until it has
+    /// reconciled every object, and its AWS calls.
+    pub warm: Option<(Duration, BTreeMap<String, u64>)>,
     /// Deployment generations once every object was Ready.
     pub baseline: HashMap<Key, i64>,
     /// Deployments changed at first sync (before any rotation).
@@ -448,42 +531,104 @@ impl Bench {
             min_refresh: args.min_refresh_interval.clone(),
             extra: args.rotor_args.clone(),
             starts: 0,
+            leader_election: false,
         };
         let started = Instant::now();
         let mut rotor = launcher.start(None)?;
+        if args.soak {
+            // SIGKILLs while rotor creates secrets and keys.
+            crate::soak::kill_randomly(&mut launcher, &mut rotor, 10, 4.0, None).await?;
+        }
         rotor.ready(Duration::from_secs(120)).await?;
         let ready_timeout = Duration::from_secs(120) + Duration::from_millis(500) * args.objects as u32;
-        wait_all_ready(&admin, args.objects, ready_timeout, &mut rotor).await?;
+        wait_all_ready(&admin, &seen, args.objects, ready_timeout, &mut rotor).await?;
         let ready_in = started.elapsed();
         let startup_calls = proxy.try_calls()?;
         log(format!(
-            "all {} Ready {:.1} s after rotor started",
+            "{} start: all {} Ready {:.1} s after rotor started ({} AWS calls: {})",
+            if args.cold { "cold" } else { "warm" },
             args.objects,
-            ready_in.as_secs_f64()
+            ready_in.as_secs_f64(),
+            startup_calls.values().sum::<u64>(),
+            crate::report::ops(&startup_calls, 1.0)
         ));
-        let baseline = generations(&admin).await?;
+        let mut bench = Bench {
+            args,
+            admin,
+            sm,
+            sqs,
+            moto: bed.aws_endpoint,
+            dir: bed.dir.clone(),
+            seen,
+            objs,
+            proxy,
+            launcher,
+            rotor,
+            standby: None,
+        };
+        let warm = if bench.args.cold {
+            bench.learn_arns().await?;
+            Some(bench.warm_restart().await?)
+        } else {
+            None
+        };
+        let baseline = generations(&bench.admin).await?;
         let first_sync_restarts = baseline.values().filter(|&&g| g != 1).count();
         let setup = Setup {
             apiserver,
             times,
             ready_in,
             startup_calls,
+            warm,
             baseline,
             first_sync_restarts,
         };
-        let bench = Bench {
-            args,
-            admin,
-            sm,
-            sqs,
-            moto: bed.aws_endpoint,
-            seen,
-            objs,
-            proxy,
-            launcher,
-            rotor,
-        };
         Ok((bench, setup))
+    }
+
+    /// ARN and AWSCURRENT of the secrets rotor created, from the status.
+    pub async fn learn_arns(&mut self) -> Res<()> {
+        let status: HashMap<Key, (String, String)> = list_objects(&self.admin)
+            .await?
+            .into_iter()
+            .filter_map(|rs| {
+                let st = rs.status.as_ref()?;
+                let key = (rs.namespace().unwrap_or_default(), rs.name_any());
+                Some((key, (st.arn.clone()?, st.current_version_id.clone()?)))
+            })
+            .collect();
+        for o in self.objs.iter_mut().filter(|o| o.created_by_rotor) {
+            let (arn, version) = status.get(&o.key()).ok_or_else(|| {
+                format!(
+                    "{}/{} is Ready without an ARN and version in its status",
+                    o.ns, o.name
+                )
+            })?;
+            (o.arn, o.version) = (arn.clone(), version.clone());
+        }
+        Ok(())
+    }
+
+    /// Stops rotor and starts another over the Ready fleet: the restart of a
+    /// real deployment. Done when it has reconciled every object.
+    async fn warm_restart(&mut self) -> Res<(Duration, BTreeMap<String, u64>)> {
+        self.rotor.stop();
+        self.proxy.try_reset()?;
+        let started = Instant::now();
+        self.rotor = self.launcher.start(None)?;
+        self.rotor.ready(Duration::from_secs(120)).await?;
+        self.wait_reconciled_all("warm start: every object reconciled")
+            .await?;
+        let took = started.elapsed();
+        let calls = self.proxy.try_calls()?;
+        log(format!(
+            "warm start: all {} reconciled {:.1} s after rotor started ({} AWS calls: {})",
+            self.objs.len(),
+            took.as_secs_f64(),
+            calls.values().sum::<u64>(),
+            crate::report::ops(&calls, 1.0)
+        ));
+        Ok((took, calls))
     }
 
     /// Waits until rotor has reconciled every object at least once since it
