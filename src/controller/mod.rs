@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -231,6 +231,7 @@ fn scope_controller(
     )
     .default_backoff()
     .touched_objects();
+    let owned = retried_in_place(owned, "Secrets");
     // Readiness is read off the stream (InitDone) rather than awaited on
     // the store: kube's Store::wait_until_ready wakes only one waiter.
     let listed = Arc::new(AtomicBool::new(false));
@@ -261,6 +262,7 @@ fn scope_controller(
                 .combine(predicates::finalizers),
             PredicateConfig::default(),
         );
+    let objects = retried_in_place(objects, "RotatedSecrets");
     let (trigger, triggered) = futures::channel::mpsc::channel(4096);
     let controller = Controller::for_stream(objects, reader)
         .owns_stream(owned)
@@ -286,4 +288,25 @@ fn scope_controller(
         })
         .instrument(span);
     (poller, run, listed)
+}
+
+/// A watch's errors stop here: it retries on its own backoff
+/// (`default_backoff`). An error reaching the Controller would pause every
+/// trigger stream behind kube-runtime's one shared backoff timer, so a failing
+/// Secret watch (an API-server restart, a lost permission) would hold back
+/// the sweep's rotation triggers for up to 30 s. kube's watcher logs each
+/// error itself.
+fn retried_in_place<K: Send>(
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send,
+    watch: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send {
+    stream.filter_map(move |r| {
+        future::ready(match r {
+            Ok(k) => Some(Ok(k)),
+            Err(e) => {
+                tracing::debug!(watch, error = %e, "watch failed; it retries after its backoff");
+                None
+            }
+        })
+    })
 }

@@ -2,8 +2,9 @@
 //! short versions `make test` keeps of the long failure runs. kube-apiserver
 //! and etcd restarted while rotations are being followed (each on a private
 //! control plane, so the tests sharing the test bed's API server are not
-//! disturbed), rotor SIGKILLed at random moments while it provisions, and
-//! the leader SIGKILLed mid-round with a standby taking over. Each ends by
+//! disturbed), rotor SIGKILLed at random moments while it provisions, the
+//! leader SIGKILLed mid-round with a standby taking over, and rotor's Secret
+//! watch refused (403) for good while rotations go on. Each ends by
 //! checking what a clean run leaves: every Secret at the new version, every
 //! consumer rolled exactly once per version, one AWS secret and one key per
 //! object, and (where rotor must survive) the same process still running.
@@ -25,6 +26,7 @@ use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rand::Rng;
@@ -759,4 +761,167 @@ async fn the_leader_killed_mid_round_fails_over_without_a_double_rollout() {
     wait_sweeps(&standby, 2.0).await;
     fleet.assert_rolled(&before, &round, 1).await;
     assert_healthy(&mut standby).await;
+}
+
+// ---------------------------------------------------------------- 5. a failing Secret watch
+
+/// The chart's ClusterRole without list and watch on Secrets (get, create
+/// and patch stay: rotor still writes its Secrets), as `role`, applied over
+/// what `install_cluster_wide` made.
+async fn deny_secret_watch(admin: &Client, role: &str) {
+    let path = testbed::repo_root().join("charts/rotor/files/clusterrole-rules.yaml");
+    let mut rules: Vec<PolicyRule> = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let secrets = rules
+        .iter_mut()
+        .find(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|res| res.iter().any(|x| x == "secrets"))
+        })
+        .expect("a rule for Secrets");
+    secrets.verbs.retain(|v| v != "list" && v != "watch");
+    let cluster_role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role}, "rules": rules,
+    });
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            role,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&cluster_role),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cluster role: {e}"));
+}
+
+/// For each fleet, how long after now until its Secrets hold `versions`
+/// (looked at every 100 ms, for at most `limit`); `None` past it.
+async fn secrets_reach(rounds: &[(&Fleet, Versions)], limit: Duration) -> Vec<Option<Duration>> {
+    let start = Instant::now();
+    let mut reached = vec![None; rounds.len()];
+    while reached.contains(&None) && start.elapsed() < limit {
+        for ((fleet, versions), reached) in rounds.iter().zip(&mut reached) {
+            if reached.is_some() {
+                continue;
+            }
+            let Ok(list) = fleet.secrets().list(&ListParams::default()).await else {
+                continue;
+            };
+            let held = |name: &String| {
+                list.items
+                    .iter()
+                    .find(|s| s.metadata.name.as_ref() == Some(name))
+                    .and_then(|s| s.metadata.annotations.as_ref()?.get(VERSION_ID_ANNOTATION))
+            };
+            if versions.iter().all(|(name, version)| held(name) == Some(version)) {
+                *reached = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reached
+}
+
+/// rotor's Secret watch failing for good (its role lost list and watch on
+/// Secrets: 403 on every try) must not hold back the rotations the sweep
+/// finds. A watch error that reached kube-runtime's Controller used to pause
+/// all of that controller's triggers behind one shared backoff (0.8 s
+/// doubling to 30 s, plus up to as much again of jitter), reset only by a
+/// trigger getting through; the watch itself retries about every second, so
+/// each pause ended in another error. After 50 s a rotation waited out the
+/// rest of a 25–60 s pause. Two namespaces with an object each (refresh
+/// 1 s), so two controllers with pauses of their own, on a private control
+/// plane: a rotation in each must reach its Secret within 8 s (and its
+/// consumer be rolled once). The old code passed only when both pauses
+/// happened to end within 8 s of the rotation.
+#[tokio::test]
+async fn a_failing_secret_watch_does_not_hold_back_rotations() {
+    const FAILING_FOR: Duration = Duration::from_secs(50);
+    const BOUND: Duration = Duration::from_secs(8);
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = testbed::k8s::client_from(&cp.admin_kubeconfig)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let role = "rotor-no-secret-watch";
+    testbed::k8s::install_cluster_wide(&admin, &rotor::api::crd::crd(), MANAGER, role)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    deny_secret_watch(&admin, role).await;
+    let rotor_client = testbed::k8s::client_from(&cp.rotor_kubeconfig)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let suffix = random_suffix();
+    let cluster = format!("rel-{suffix}");
+    let mut fleets = Vec::new();
+    for scope in ["a", "b"] {
+        let ns = format!("rel-{suffix}-{scope}");
+        Api::<Namespace>::all(admin.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .expect("namespace");
+        // The API server must already refuse what rotor's Secret watch asks.
+        let as_rotor: Api<Secret> = Api::namespaced(rotor_client.clone(), &ns);
+        eventually(
+            "rotor to be refused a Secret list",
+            Duration::from_secs(10),
+            || async {
+                matches!(
+                    as_rotor.list(&ListParams::default()).await,
+                    Err(kube::Error::Api(e)) if e.code == 403
+                )
+                .then_some(())
+            },
+        )
+        .await;
+        let fleet = Fleet::new(admin.clone(), &ns, &format!("it/{suffix}/{scope}/"), "w", 1);
+        fleet.create(|name| format!("{cluster}/{ns}/{name}")).await;
+        fleets.push(fleet);
+    }
+    let namespaces = fleets.iter().map(|f| f.ns.as_str()).collect::<Vec<_>>().join(",");
+    let started = Instant::now();
+    let mut rotor = spawn_rotor(
+        &cp.rotor_kubeconfig,
+        &testbed().aws_endpoint,
+        &["--namespace", &namespaces, "--cluster-name", &cluster],
+    );
+    for fleet in &fleets {
+        fleet.wait_ready(Duration::from_secs(30), &rotor).await;
+    }
+    eprintln!("Ready {:?} after rotor started", started.elapsed());
+    let mut before = Vec::new();
+    for fleet in &fleets {
+        before.push(fleet.generations().await);
+    }
+    tokio::time::sleep(FAILING_FOR.saturating_sub(started.elapsed())).await;
+
+    let mut rounds = Vec::new();
+    for fleet in &fleets {
+        rounds.push((fleet, fleet.rotate(&fleet.names, 1).await));
+    }
+    let rotated = started.elapsed();
+    let delays = secrets_reach(&rounds, Duration::from_secs(65)).await;
+    eprintln!("rotated {rotated:?} after rotor started; Secrets followed after {delays:?}");
+    assert!(
+        delays.iter().all(|d| d.is_some_and(|d| d <= BOUND)),
+        "each rotation must reach its Secret within {BOUND:?}, took {delays:?}\nrotor log:\n{}",
+        rotor.log_tail(40)
+    );
+    for ((fleet, versions), before) in rounds.iter().zip(&before) {
+        fleet
+            .wait_followed(versions, 1, Duration::from_secs(30), &rotor)
+            .await;
+        fleet.assert_rolled(before, versions, 1).await;
+    }
+    assert!(
+        rotor.logs().contains("secrets is forbidden"),
+        "the Secret watch was expected to fail (403)\n{}",
+        rotor.log_tail(40)
+    );
+    assert_healthy(&mut rotor).await;
 }
