@@ -1,4 +1,4 @@
-.PHONY: test demo bench lint crd build clean-testbed rotator-zip image image-check
+.PHONY: test demo bench soak lint crd build clean-testbed rotator-zip image image-check
 
 # Installs what is missing, starts etcd, kube-apiserver and moto, runs every test.
 test:
@@ -12,6 +12,11 @@ demo:
 # Arguments: make bench ARGS="--objects 50 --minutes 1"
 bench:
 	hack/bench.sh $(ARGS)
+
+# Failures under load (RELIABILITY.md): API server and etcd restarts, SIGKILLs,
+# leader failover, AWS failing 20% of calls; the fleet benchmark's --soak.
+soak:
+	hack/bench.sh --soak --objects 1000 $(ARGS)
 
 lint:
 	cargo fmt --all -- --check

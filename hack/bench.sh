@@ -32,7 +32,9 @@ if [ -z "${ROTOR_GIT_SHA:-}" ]; then
 fi
 
 # Build first, so that compile time does not count against the test bed.
-cargo build --release --bin rotor
+# `cargo bench` builds the rotor binary it runs (with the features the
+# benchmark's dev-dependencies unify); a separate `cargo build --release`
+# would build another and evict this one.
 cargo bench --bench fleet --no-run
 mkdir -p "$TESTBED_DIR"
 rm -f "$TESTBED_DIR/bench.pids"

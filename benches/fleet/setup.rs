@@ -536,8 +536,11 @@ impl Bench {
         let started = Instant::now();
         let mut rotor = launcher.start(None)?;
         if args.soak {
-            // SIGKILLs while rotor creates secrets and keys.
-            crate::soak::kill_randomly(&mut launcher, &mut rotor, 10, 4.0, None).await?;
+            // SIGKILLs while rotor creates secrets and keys: about three
+            // writes an object at the default 20 a second, so the kills
+            // spread over the time provisioning takes.
+            let gap = (args.objects as f64 * 3.0 / 20.0 / 5.0).clamp(4.0, 30.0);
+            crate::soak::kill_randomly(&mut launcher, &mut rotor, 10, gap, None).await?;
         }
         rotor.ready(Duration::from_secs(120)).await?;
         let ready_timeout = Duration::from_secs(120) + Duration::from_millis(500) * args.objects as u32;

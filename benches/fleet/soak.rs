@@ -33,6 +33,9 @@ pub enum Fault {
     /// SIGKILL the leader of two replicas once half of the Secrets have the
     /// new version.
     KillLeader,
+    /// AWS fails this share of rotor's calls (the proxy) for the whole
+    /// round, while this many new objects are provisioned.
+    Aws(f64, usize),
 }
 
 impl Fault {
@@ -132,6 +135,18 @@ impl Bench {
                     "{component} stopped with {s}/{n} Secrets and {w}/{n} workloads updated, down {:.0} s, answering again after {back:.1} s; rotor pid {pid} kept running",
                     down.as_secs_f64()
                 ))
+            }
+            Fault::Aws(rate, objects) => {
+                // After the round's reset of the proxy, which clears faults.
+                self.proxy
+                    .fault_spec(json!({"operation": "*", "kind": "error", "count": -1, "probability": rate}));
+                let refresh = refresh_spec(&self.args);
+                for i in 0..*objects {
+                    let o = Obj::planned(format!("{NS_PREFIX}{}", i % self.args.namespaces), format!("f-{i:05}"));
+                    o.apply(&self.admin, &refresh, cold_spec(&o, true)).await?;
+                    self.objs.push(o);
+                }
+                Ok(format!("{objects} objects applied as the faults began"))
             }
             Fault::KillLeader => {
                 let (s, w) = loop {
@@ -237,39 +252,30 @@ impl Bench {
         let n = self.args.soak_fault_objects;
         let name = format!("AWS failing 20% of calls: {n} objects provisioned and a round of rotations");
         log(&name);
-        self.proxy
-            .fault_spec(json!({"operation": "*", "kind": "error", "count": -1, "probability": 0.2}));
+        let first = self.objs.len();
         let started = Instant::now();
-        let refresh = refresh_spec(&self.args);
-        let mut fresh = Vec::new();
-        for i in 0..n {
-            let o = Obj::planned(
-                format!("{NS_PREFIX}{}", i % self.args.namespaces),
-                format!("f-{i:05}"),
-            );
-            o.apply(&self.admin, &refresh, cold_spec(&o, true)).await?;
-            fresh.push(o.key());
-            self.objs.push(o);
-        }
-        let r = self
+        let mut r = self
             .rotation_round(RoundPlan {
                 name: "AWS failing 20% of calls",
                 spread: self.args.refresh,
                 events_queue: None,
-                fault: None,
+                fault: Some(Fault::Aws(0.2, n)),
             })
             .await?;
+        let fresh: Vec<_> = self.objs[first..].iter().map(Obj::key).collect();
         let ready = self.wait_keys_ready(&fresh, Duration::from_secs(600)).await?;
         let recovered = started.elapsed().as_secs_f64();
-        self.proxy.clear_faults();
         let calls = self.proxy.try_calls()?;
-        let faulted: u64 = calls.values().sum::<u64>() - self.proxy.forwarded().values().sum::<u64>();
+        let failed = calls.values().sum::<u64>() - self.proxy.forwarded().values().sum::<u64>();
+        self.proxy.clear_faults();
         self.learn_arns().await?;
+        r.note = format!(
+            "{ready}/{n} new objects Ready {recovered:.0} s after the faults began; {failed} of rotor's {} AWS calls failed by the proxy",
+            calls.values().sum::<u64>()
+        );
         Ok(Scenario {
             name,
-            note: format!(
-                "{ready}/{n} new objects Ready {recovered:.0} s after the faults began; {faulted} AWS calls failed by the proxy during the round"
-            ),
+            note: r.note.clone(),
             round: Some(r),
         })
     }
