@@ -142,7 +142,10 @@ impl Bench {
                     .fault_spec(json!({"operation": "*", "kind": "error", "count": -1, "probability": rate}));
                 let refresh = refresh_spec(&self.args);
                 for i in 0..*objects {
-                    let o = Obj::planned(format!("{NS_PREFIX}{}", i % self.args.namespaces), format!("f-{i:05}"));
+                    let o = Obj::planned(
+                        format!("{NS_PREFIX}{}", i % self.args.namespaces),
+                        format!("f-{i:05}"),
+                    );
                     o.apply(&self.admin, &refresh, cold_spec(&o, true)).await?;
                     self.objs.push(o);
                 }
