@@ -604,7 +604,9 @@ async fn hostile_and_mistaken_objects_are_contained() {
             json!({"rotor.dev/rotate-now": "t".repeat(300)}),
             Mirrored("RotationConfigured", "InvalidRotateNowToken"),
         ),
-        // -- Someone else's things.
+        // -- Someone else's things. The sweep lists the victim's secret too
+        // (same cluster): a listing is only ever used for the object whose
+        // owner tag it carries, so this object still describes it and is refused.
         (
             "c-owned-by-another".into(),
             spec("c-owned-by-another", json!({})),

@@ -333,6 +333,32 @@ impl Fleet {
 
 // ---------------------------------------------------------------- 1. and 2. control plane
 
+/// A control plane of the test's own with rotor's CRD, and the chart's
+/// ClusterRole (named `role`) bound to the `rotor` user; and its admin client.
+async fn private_control_plane(role: &str) -> (ControlPlane, kube::Client) {
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = testbed::k8s::client_from(&cp.admin_kubeconfig)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    testbed::k8s::install_cluster_wide(&admin, &rotor::api::crd::crd(), MANAGER, role)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (cp, admin)
+}
+
+async fn create_namespace(admin: &kube::Client, ns: &str) {
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .expect("namespace");
+}
+
 /// A private control plane with rotor (no leader election: one process, it
 /// must ride the outage out) following four objects. Half of a round of
 /// rotations lands just before `component` is stopped, the other half while
@@ -343,25 +369,10 @@ impl Fleet {
 async fn restart_mid_rotation(component: &'static str) {
     const N: usize = 4;
     const DOWN: Duration = Duration::from_secs(3);
-    let cp = tokio::task::spawn_blocking(ControlPlane::start)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let admin = testbed::k8s::client_from(&cp.admin_kubeconfig)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    testbed::k8s::install_cluster_wide(&admin, &rotor::api::crd::crd(), MANAGER, "rotor-reliability")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (cp, admin) = private_control_plane("rotor-reliability").await;
     let suffix = random_suffix();
     let ns = format!("rel-{suffix}");
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .expect("namespace");
+    create_namespace(&admin, &ns).await;
     // A cluster name of its own: the sweep lists only these secrets.
     let cluster = format!("rel-{suffix}");
     let fleet = Fleet::new(admin.clone(), &ns, &format!("it/{suffix}/"), "c", N);
@@ -838,17 +849,8 @@ async fn secrets_reach(rounds: &[(&Fleet, Versions)], limit: Duration) -> Vec<Op
 async fn a_failing_secret_watch_does_not_hold_back_rotations() {
     const FAILING_FOR: Duration = Duration::from_secs(50);
     const BOUND: Duration = Duration::from_secs(8);
-    let cp = tokio::task::spawn_blocking(ControlPlane::start)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let admin = testbed::k8s::client_from(&cp.admin_kubeconfig)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let role = "rotor-no-secret-watch";
-    testbed::k8s::install_cluster_wide(&admin, &rotor::api::crd::crd(), MANAGER, role)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (cp, admin) = private_control_plane(role).await;
     deny_secret_watch(&admin, role).await;
     let rotor_client = testbed::k8s::client_from(&cp.rotor_kubeconfig)
         .await
@@ -858,13 +860,7 @@ async fn a_failing_secret_watch_does_not_hold_back_rotations() {
     let mut fleets = Vec::new();
     for scope in ["a", "b"] {
         let ns = format!("rel-{suffix}-{scope}");
-        Api::<Namespace>::all(admin.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .expect("namespace");
+        create_namespace(&admin, &ns).await;
         // The API server must already refuse what rotor's Secret watch asks.
         let as_rotor: Api<Secret> = Api::namespaced(rotor_client.clone(), &ns);
         eventually(
