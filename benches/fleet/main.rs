@@ -71,7 +71,7 @@ struct Args {
     cold: bool,
     /// The failure scenarios (`make soak`, RELIABILITY.md) instead of the idle
     /// phase and the standard rounds; implies `--cold`, each object with a KMS
-    /// key of its own, rotor SIGKILLed 10 times while it creates them.
+    /// key of its own, rotor SIGKILLed 20 times while it creates them.
     #[arg(long)]
     soak: bool,
     /// Objects provisioned while AWS fails 20% of calls (with `--soak`).

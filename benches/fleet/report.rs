@@ -510,8 +510,9 @@ impl Report {
         line("| scenario | what was injected, and what rotor did | rotation → Secret p50 / p99 / max | → workload p99 | missed | Deployments rolled exactly once | AWS writes |".into());
         line("|---|---|---|---|---|---|---|".into());
         line(format!(
-            "| provisioning, rotor SIGKILLed 10 times | rotor started {} times while creating {} secrets and keys; all Ready {:.1} s after the first start | | | | | {} |",
-            11,
+            "| provisioning, rotor SIGKILLed {} times | rotor started {} times while creating {} secrets and keys; all Ready {:.1} s after the first start | | | | | {} |",
+            crate::soak::KILLS,
+            setup.starts,
             args.objects,
             setup.ready_in.as_secs_f64(),
             writes(&setup.startup_calls)

@@ -479,6 +479,8 @@ pub struct Setup {
     /// From rotor's start to every object Ready: rotor created the secrets
     /// (`--cold`) or they existed.
     pub ready_in: Duration,
+    /// How many times rotor was started before every object was Ready.
+    pub starts: usize,
     pub startup_calls: BTreeMap<String, u64>,
     /// `--cold`: a second rotor started over the Ready fleet, until it has
     /// reconciled every object, and its AWS calls.
@@ -539,13 +541,15 @@ impl Bench {
             // SIGKILLs while rotor creates secrets and keys: about three
             // writes an object at the default 20 a second, so the kills
             // spread over the time provisioning takes.
-            let gap = (args.objects as f64 * 3.0 / 20.0 / 5.0).clamp(4.0, 30.0);
-            crate::soak::kill_randomly(&mut launcher, &mut rotor, 10, gap, None).await?;
+            let kills = crate::soak::KILLS;
+            let gap = (args.objects as f64 * 3.0 / 20.0 / (kills / 2) as f64).clamp(2.0, 15.0);
+            crate::soak::kill_randomly(&mut launcher, &mut rotor, kills, gap, None).await?;
         }
         rotor.ready(Duration::from_secs(120)).await?;
         let ready_timeout = Duration::from_secs(120) + Duration::from_millis(500) * args.objects as u32;
         wait_all_ready(&admin, &seen, args.objects, ready_timeout, &mut rotor).await?;
         let ready_in = started.elapsed();
+        let starts = launcher.starts;
         let startup_calls = proxy.try_calls()?;
         log(format!(
             "{} start: all {} Ready {:.1} s after rotor started ({} AWS calls: {})",
@@ -581,6 +585,7 @@ impl Bench {
             apiserver,
             times,
             ready_in,
+            starts,
             startup_calls,
             warm,
             baseline,

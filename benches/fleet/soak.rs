@@ -44,6 +44,10 @@ impl Fault {
     }
 }
 
+/// How many times rotor is SIGKILLed while it provisions, and again while it
+/// follows a round of rotations.
+pub const KILLS: usize = 20;
+
 /// SIGKILLs `rotor` `times` times, each 0.5–`gap` s after it was started,
 /// and starts it again each time.
 pub async fn kill_randomly(
@@ -218,7 +222,7 @@ impl Bench {
                 Fault::Restart("kube-apiserver", down),
             ),
             ("etcd restarted mid-round", Fault::Restart("etcd", down)),
-            ("rotor SIGKILLed 10 times during a round", Fault::KillTimes(10)),
+            ("rotor SIGKILLed 20 times during a round", Fault::KillTimes(KILLS)),
         ] {
             let r = self.rotation_round(round(name, fault)).await?;
             out.push(Scenario {
