@@ -6,7 +6,7 @@
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, Tag};
 
 use super::arn::Arn;
-use super::{Aws, AwsError, AwsErrorKind, RegionClients};
+use super::{Aws, AwsError, AwsErrorKind, RegionClients, WriteToken};
 use crate::api::OWNER_TAG;
 
 /// What rotor needs to know about a key; no key material exists in KMS responses.
@@ -167,10 +167,12 @@ impl Aws {
         }
     }
 
-    /// Creates a SYMMETRIC_DEFAULT key tagged with its creator.
+    /// Creates a SYMMETRIC_DEFAULT key tagged with its creator, on a write
+    /// token the caller took before recording the attempt.
     pub async fn create_key(
         &self,
         rc: &RegionClients,
+        token: WriteToken,
         description: &str,
         owner: &str,
     ) -> Result<KeyInfo, AwsError> {
@@ -180,7 +182,8 @@ impl Aws {
             .build()
             .expect("tag key and value are set");
         let out = self
-            .write(
+            .write_with(
+                token,
                 rc,
                 "CreateKey",
                 rc.kms

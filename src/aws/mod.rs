@@ -170,6 +170,11 @@ pub struct RegionClients {
     pub writes: Arc<WriteLimiter>,
 }
 
+/// One write's share of a region's budget (`Aws::write_token`), spent by
+/// `Aws::write_with`.
+#[must_use = "a token is spent by the write it was taken for"]
+pub struct WriteToken(());
+
 /// Lazily built per-region clients sharing one credential chain and HTTP stack.
 pub struct Aws {
     base: SdkConfig,
@@ -267,6 +272,13 @@ impl Aws {
         counted(&self.metrics, operation, fut).await
     }
 
+    /// Waits for a token of the region's write budget, for a write that
+    /// must record its attempt only once it can go (`create_key`).
+    pub async fn write_token(&self, rc: &RegionClients) -> WriteToken {
+        rc.writes.acquire().await;
+        WriteToken(())
+    }
+
     /// Runs one AWS write within the region's write budget; throttling
     /// responses shrink the budget, successes grow it back.
     pub async fn write<T, E, R>(
@@ -279,7 +291,22 @@ impl Aws {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug,
     {
-        rc.writes.acquire().await;
+        let token = self.write_token(rc).await;
+        self.write_with(token, rc, operation, fut).await
+    }
+
+    /// Runs one AWS write on a token already taken.
+    pub async fn write_with<T, E, R>(
+        &self,
+        _token: WriteToken,
+        rc: &RegionClients,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
         let res = self.call(operation, fut).await;
         match &res {
             Err(e) if e.kind == AwsErrorKind::Throttled => rc.writes.throttled(),

@@ -213,6 +213,10 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
         Some(key) => key,
         None => {
             run.ensure_finalizer().await?;
+            // Marked once the write budget lets the call go: objects still
+            // queued behind the rate limit when rotor stops have sent
+            // nothing, and must not each scan every key after a restart.
+            let token = ctx.aws.write_token(rc).await;
             run.set(
                 conditions::KMS_KEY_READY,
                 false,
@@ -220,7 +224,7 @@ async fn create_key(run: &mut Run<'_>, rc: &RegionClients, alias: &str) -> Resul
                 format!("creating a KMS key for {alias}"),
             );
             run.save().await?;
-            let key = ctx.aws.create_key(rc, &description, &me).await?;
+            let key = ctx.aws.create_key(rc, token, &description, &me).await?;
             run.status.kms_key_arn = Some(key.arn.clone());
             run.save().await?;
             info!(key = %key.arn, alias, "created KMS key");

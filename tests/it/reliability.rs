@@ -656,6 +656,100 @@ async fn sigkill_at_random_moments_while_provisioning_leaves_one_secret_and_key_
     }
 }
 
+/// Objects waiting for the write budget when rotor is killed have sent no
+/// CreateKey, so they must not be marked as having one under way: each
+/// marked object scans every key in the account (ListKeys, and the tags of
+/// each key) after a restart. Six objects at the lowest write rate (one
+/// write per 2 s): rotor is killed just after its first CreateKey, while
+/// the other five wait. Before the fix all six were marked, and the soak's
+/// 20 kills while provisioning 1,000 objects cost 36,396 ListResourceTags.
+#[tokio::test]
+async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key() {
+    const N: usize = 6;
+    let mut env = Env::new().await;
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    proxy.fault_spec(json!({"operation": "CreateKey", "count": -1, "kind": "delay", "seconds": 0.3}));
+    let names: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    for name in &names {
+        env.apply_rs(
+            name,
+            json!({
+                "secretsManager": {
+                    "name": env.aws_name(name),
+                    "kmsKey": {"alias": env.alias(name), "create": true},
+                    "initialValue": {"generate": [{"key": "password", "length": 24}]},
+                },
+            }),
+        )
+        .await;
+    }
+    let args = ["--aws-write-rate", "0.5"];
+    env.start_rotor_with_endpoint(&args, &proxy.url);
+    let calls = |op: &str| proxy.calls().get(op).copied().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls("CreateKey") == 0 {
+        assert!(Instant::now() < deadline, "no CreateKey\n{}", env.rotor_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for every object to reach the write budget, well short of
+    // the next token (2 s).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    env.rotor.as_mut().unwrap().kill();
+    let create_keys = calls("CreateKey");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = env.rs_api().list(&ListParams::default()).await.unwrap();
+    let marked: Vec<_> = list
+        .items
+        .iter()
+        .filter(|rs| condition(rs, "KmsKeyReady").is_some_and(|c| c.reason == "CreatingKey"))
+        .map(|rs| rs.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        create_keys < N as u64,
+        "the kill must land while objects wait: {create_keys} CreateKey"
+    );
+    assert!(
+        marked.len() as u64 <= create_keys,
+        "{} objects marked CreatingKey, {create_keys} CreateKey sent: {marked:?}",
+        marked.len()
+    );
+
+    let before = calls("ListKeys");
+    env.start_rotor_with_endpoint(&[], &proxy.url);
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    // One scan reads ListKeys pages of 1,000 over every key of the shared
+    // moto account.
+    let mut pages = 0;
+    let mut marker = None;
+    loop {
+        let page = kms()
+            .list_keys()
+            .limit(1000)
+            .set_marker(marker)
+            .send()
+            .await
+            .unwrap();
+        pages += 1;
+        marker = page.next_marker().map(str::to_owned);
+        if !page.truncated() || marker.is_none() {
+            break;
+        }
+    }
+    let listed = calls("ListKeys") - before;
+    assert!(
+        listed <= create_keys * pages,
+        "{listed} ListKeys pages after the restart ({pages} a scan), {create_keys} CreateKey before it"
+    );
+    let keys = keys_by_owner(&format!("{CLUSTER}/{}/", env.ns)).await;
+    assert_eq!(keys.len(), N, "one key per object: {keys:?}");
+    assert!(
+        keys.values().all(|k| k.len() == 1),
+        "one key per object: {keys:?}"
+    );
+}
+
 // ---------------------------------------------------------------- 4. leader failover
 
 /// Two replicas with leader election (3 s lease), six objects with a
