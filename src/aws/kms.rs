@@ -3,11 +3,43 @@
 //! checking it (and moto's KMS does not enforce key state), so rotor checks
 //! the key itself with DescribeKey before using it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, Tag};
 
 use super::arn::Arn;
 use super::{Aws, AwsError, AwsErrorKind, RegionClients, WriteToken};
 use crate::api::OWNER_TAG;
+
+/// Tries of each key's tags in a scan (each try is the SDK's own retries).
+const SCAN_ATTEMPTS: u32 = 3;
+/// Owners remembered per region; past this the memo starts again (a scan
+/// then reads the tags it forgot once more).
+const MAX_KEY_OWNERS: usize = 100_000;
+
+/// The `rotor.dev/owner` tag of each key a scan has read, per region.
+#[derive(Default)]
+pub struct KeyOwners(Mutex<HashMap<String, Option<String>>>);
+
+impl KeyOwners {
+    fn get(&self, key_id: &str) -> Option<Option<String>> {
+        self.lock().get(key_id).cloned()
+    }
+
+    fn insert(&self, key_id: &str, owner: Option<String>) {
+        let mut owners = self.lock();
+        if owners.len() >= MAX_KEY_OWNERS {
+            owners.clear();
+        }
+        owners.insert(key_id.to_owned(), owner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// What rotor needs to know about a key; no key material exists in KMS responses.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +170,7 @@ impl Aws {
                 Err(e) => return Err(e),
             };
             for id in page.keys().iter().filter_map(|k| k.key_id()) {
-                match self.key_owner(rc, id).await {
+                match self.scanned_key_owner(rc, id).await {
                     Ok(Some(o)) if o == owner => {}
                     Ok(_) => continue,
                     // AWS-managed keys and keys rotor may not read are not rotor's.
@@ -165,6 +197,29 @@ impl Aws {
                 return Ok(None);
             }
         }
+    }
+
+    /// `key_owner` for `find_created_key`'s scan, which reads every key in
+    /// the account: each key's owner is read once a process (its tags are
+    /// written with it), and a transient failure is retried here, so that one
+    /// failed call among thousands neither fails the scan nor makes the
+    /// object's next attempt read every key again.
+    async fn scanned_key_owner(&self, rc: &RegionClients, key_id: &str) -> Result<Option<String>, AwsError> {
+        if let Some(owner) = rc.key_owners.get(key_id) {
+            return Ok(owner);
+        }
+        let mut attempt = 0;
+        let owner = loop {
+            attempt += 1;
+            match self.key_owner(rc, key_id).await {
+                Err(e) if e.kind.is_transient() && attempt < SCAN_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                res => break res?,
+            }
+        };
+        rc.key_owners.insert(key_id, owner.clone());
+        Ok(owner)
     }
 
     /// Creates a SYMMETRIC_DEFAULT key tagged with its creator, on a write
@@ -291,6 +346,22 @@ impl Aws {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_owners_are_remembered_and_bounded() {
+        let owners = KeyOwners::default();
+        assert_eq!(owners.get("k1"), None, "never read");
+        owners.insert("k1", None);
+        owners.insert("k2", Some("c/ns/a".into()));
+        assert_eq!(owners.get("k1"), Some(None), "read: no owner");
+        assert_eq!(owners.get("k2"), Some(Some("c/ns/a".into())));
+        for i in 2..MAX_KEY_OWNERS {
+            owners.insert(&format!("x{i}"), None);
+        }
+        assert_eq!(owners.lock().len(), MAX_KEY_OWNERS);
+        owners.insert("k3", None);
+        assert_eq!(owners.lock().len(), 1, "past the bound the memo starts again");
+    }
 
     fn key(state: &str, spec: &str, usage: &str) -> KeyInfo {
         KeyInfo {

@@ -168,6 +168,8 @@ pub struct RegionClients {
     pub kms: aws_sdk_kms::Client,
     /// Budget for rotor's writes in this region (Secrets Manager and KMS).
     pub writes: Arc<WriteLimiter>,
+    /// Key owners read by scans for an unfinished CreateKey.
+    pub key_owners: Arc<kms::KeyOwners>,
 }
 
 /// One write's share of a region's budget (`Aws::write_token`), spent by
@@ -254,6 +256,7 @@ impl Aws {
                         aws_sdk_kms::config::Builder::from(&self.base).region(r).build(),
                     ),
                     writes: Arc::new(WriteLimiter::new(self.write_rate)),
+                    key_owners: Arc::default(),
                 }
             })
             .clone()

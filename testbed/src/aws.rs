@@ -37,6 +37,11 @@ pub fn kms(endpoint: &str) -> aws_sdk_kms::Client {
     client!(aws_sdk_kms, endpoint, REGION)
 }
 
+/// KMS in another region of the same endpoint.
+pub fn kms_in(endpoint: &str, region: &str) -> aws_sdk_kms::Client {
+    client!(aws_sdk_kms, endpoint, region)
+}
+
 pub fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
     client!(aws_sdk_sqs, endpoint, REGION)
 }
