@@ -94,10 +94,10 @@ pub fn current_version(d: &DescribeSecretOutput) -> String {
         .expect("an AWSCURRENT version")
 }
 
-/// Every KMS key (in any state) whose owner tag names `owner`.
-pub async fn keys_owned_by(owner: &str) -> Vec<String> {
-    let kms = kms();
-    let mut ids = Vec::new();
+/// Every KMS key (in any state) of `kms`'s region, with its owner tag: one
+/// scan of all keys (a key deleted meanwhile is left out).
+pub async fn key_owners(kms: &aws_sdk_kms::Client) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
     let mut marker = None;
     loop {
         let page = kms
@@ -112,19 +112,24 @@ pub async fn keys_owned_by(owner: &str) -> Vec<String> {
             let Ok(tags) = kms.list_resource_tags().key_id(id).send().await else {
                 continue;
             };
-            if tags
-                .tags()
-                .iter()
-                .any(|t| t.tag_key() == OWNER_TAG && t.tag_value() == owner)
-            {
-                ids.push(id.to_owned());
-            }
+            let owner = tags.tags().iter().find(|t| t.tag_key() == OWNER_TAG);
+            out.push((id.to_owned(), owner.map(|t| t.tag_value().to_owned())));
         }
         marker = page.next_marker().map(str::to_owned);
         if !page.truncated() || marker.is_none() {
-            return ids;
+            return out;
         }
     }
+}
+
+/// Every KMS key (in any state) whose owner tag names `owner`.
+pub async fn keys_owned_by(owner: &str) -> Vec<String> {
+    key_owners(&kms())
+        .await
+        .into_iter()
+        .filter(|(_, o)| o.as_deref() == Some(owner))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The key id an alias points at, from ListAliases.

@@ -35,7 +35,9 @@ use rotor::k8s::rollout::annotation_key;
 use serde_json::{Value, json};
 use testbed::{ControlPlane, RotorCommand, random_suffix, try_eventually};
 
-use crate::common::{AwsProxy, CLUSTER, Env, Rotor, alias_target, condition, eventually, kms, testbed};
+use crate::common::{
+    AwsProxy, CLUSTER, Env, Rotor, alias_target, condition, eventually, key_owners, kms, testbed,
+};
 
 const MANAGER: &str = "rotor-reliability-tests";
 
@@ -502,37 +504,25 @@ async fn secrets_by_owner(
 /// Every KMS key (any state) whose owner tag starts with `prefix`, by owner:
 /// one scan of all keys.
 async fn keys_by_owner(prefix: &str) -> BTreeMap<String, Vec<String>> {
-    let kms = kms();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut marker = None;
-    loop {
-        let page = kms
-            .list_keys()
-            .limit(1000)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        for k in page.keys() {
-            let id = k.key_id().unwrap();
-            let Ok(tags) = kms.list_resource_tags().key_id(id).send().await else {
-                continue;
-            };
-            if let Some(owner) = tags
-                .tags()
-                .iter()
-                .find(|t| t.tag_key() == OWNER_TAG && t.tag_value().starts_with(prefix))
-            {
-                out.entry(owner.tag_value().to_owned())
-                    .or_default()
-                    .push(id.to_owned());
-            }
-        }
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            return out;
+    for (id, owner) in key_owners(&kms()).await {
+        if let Some(owner) = owner.filter(|o| o.starts_with(prefix)) {
+            out.entry(owner).or_default().push(id);
         }
     }
+    out
+}
+
+/// A spec that makes rotor create the secret, its generated password and a
+/// KMS key with an alias of its own.
+fn key_creating(env: &Env, name: &str) -> Value {
+    json!({
+        "secretsManager": {
+            "name": env.aws_name(name),
+            "kmsKey": {"alias": env.alias(name), "create": true},
+            "initialValue": {"generate": [{"key": "password", "length": 24}]},
+        },
+    })
 }
 
 /// CreateKey, CreateAlias and CreateSecret calls at the proxy so far.
@@ -564,19 +554,10 @@ async fn sigkill_at_random_moments_while_provisioning_leaves_one_secret_and_key_
     }
     let names: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
     for name in &names {
-        env.apply_rs(
-            name,
-            json!({
-                "secretsManager": {
-                    "name": env.aws_name(name),
-                    "kmsKey": {"alias": env.alias(name), "create": true},
-                    "initialValue": {"template": {"username": "app"},
-                                     "generate": [{"key": "password", "length": 24}]},
-                },
-                "refreshInterval": "1s",
-            }),
-        )
-        .await;
+        let mut spec = key_creating(&env, name);
+        spec["secretsManager"]["initialValue"]["template"] = json!({"username": "app"});
+        spec["refreshInterval"] = json!("1s");
+        env.apply_rs(name, spec).await;
     }
     let rs_api = env.rs_api();
     let ready = || async {
@@ -671,17 +652,7 @@ async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key()
     proxy.fault_spec(json!({"operation": "CreateKey", "count": -1, "kind": "delay", "seconds": 0.3}));
     let names: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
     for name in &names {
-        env.apply_rs(
-            name,
-            json!({
-                "secretsManager": {
-                    "name": env.aws_name(name),
-                    "kmsKey": {"alias": env.alias(name), "create": true},
-                    "initialValue": {"generate": [{"key": "password", "length": 24}]},
-                },
-            }),
-        )
-        .await;
+        env.apply_rs(name, key_creating(&env, name)).await;
     }
     let args = ["--aws-write-rate", "0.5"];
     env.start_rotor_with_endpoint(&args, &proxy.url);
@@ -721,22 +692,7 @@ async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key()
     }
     // One scan reads ListKeys pages of 1,000 over every key of the shared
     // moto account.
-    let mut pages = 0;
-    let mut marker = None;
-    loop {
-        let page = kms()
-            .list_keys()
-            .limit(1000)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        pages += 1;
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            break;
-        }
-    }
+    let pages = key_owners(&kms()).await.len().div_ceil(1000).max(1) as u64;
     let listed = calls("ListKeys") - before;
     assert!(
         listed <= create_keys * pages,
@@ -1028,22 +984,7 @@ async fn a_key_scan_survives_failing_tag_reads() {
     let env = Env::new().await;
     let proxy = AwsProxy::start(&testbed().aws_endpoint);
     let kms = testbed::aws::kms_in(&testbed().aws_endpoint, REGION);
-    let mut keys = 0;
-    let mut marker = None;
-    loop {
-        let page = kms
-            .list_keys()
-            .limit(1000)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        keys += page.keys().len();
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            break;
-        }
-    }
+    let keys = key_owners(&kms).await.len();
     for _ in keys..40 {
         kms.create_key()
             .description("rotor test: nobody's key")
@@ -1056,18 +997,9 @@ async fn a_key_scan_survives_failing_tag_reads() {
     let mut flaky = rule("ListResourceTags", -1);
     flaky["probability"] = json!(0.2);
     proxy.fault_spec(flaky);
-    env.apply_rs(
-        "scan",
-        json!({
-            "secretsManager": {
-                "name": env.aws_name("scan"),
-                "region": REGION,
-                "kmsKey": {"alias": env.alias("scan"), "create": true},
-                "initialValue": {"generate": [{"key": "password", "length": 24}]},
-            },
-        }),
-    )
-    .await;
+    let mut spec = key_creating(&env, "scan");
+    spec["secretsManager"]["region"] = json!(REGION);
+    env.apply_rs("scan", spec).await;
     let mut env = env;
     env.start_rotor_with_endpoint(&[], &proxy.url);
     env.wait_ready("scan").await;
@@ -1079,28 +1011,10 @@ async fn a_key_scan_survives_failing_tag_reads() {
         "one failed CreateKey, then one that made the key"
     );
     let owner = env.owner("scan");
-    let mut mine = 0;
-    let mut marker = None;
-    loop {
-        let page = kms
-            .list_keys()
-            .limit(1000)
-            .set_marker(marker)
-            .send()
-            .await
-            .unwrap();
-        for id in page.keys().iter().filter_map(|k| k.key_id()) {
-            let tags = kms.list_resource_tags().key_id(id).send().await.unwrap();
-            mine += tags
-                .tags()
-                .iter()
-                .filter(|t| t.tag_key() == OWNER_TAG && t.tag_value() == owner)
-                .count();
-        }
-        marker = page.next_marker().map(str::to_owned);
-        if !page.truncated() || marker.is_none() {
-            break;
-        }
-    }
+    let mine = key_owners(&kms)
+        .await
+        .into_iter()
+        .filter(|(_, o)| o.as_deref() == Some(owner.as_str()))
+        .count();
     assert_eq!(mine, 1, "one key owned by the object");
 }
