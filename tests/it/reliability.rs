@@ -666,8 +666,9 @@ async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key()
     // the next token (2 s).
     tokio::time::sleep(Duration::from_millis(900)).await;
     env.rotor.as_mut().unwrap().kill();
-    let create_keys = calls("CreateKey");
+    // Calls the dead process sent have reached the proxy by now.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let create_keys = calls("CreateKey");
     let list = env.rs_api().list(&ListParams::default()).await.unwrap();
     let marked: Vec<_> = list
         .items
@@ -679,8 +680,11 @@ async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key()
         create_keys < N as u64,
         "the kill must land while objects wait: {create_keys} CreateKey"
     );
+    // A kill between saving the mark and sending the call leaves one object
+    // marked that sent nothing (one write token every 2 s: at most one).
+    let may_be_marked = create_keys + 1;
     assert!(
-        marked.len() as u64 <= create_keys,
+        marked.len() as u64 <= may_be_marked,
         "{} objects marked CreatingKey, {create_keys} CreateKey sent: {marked:?}",
         marked.len()
     );
@@ -695,7 +699,7 @@ async fn objects_waiting_for_the_write_budget_are_not_marked_as_creating_a_key()
     let pages = key_owners(&kms()).await.len().div_ceil(1000).max(1) as u64;
     let listed = calls("ListKeys") - before;
     assert!(
-        listed <= create_keys * pages,
+        listed <= may_be_marked * pages,
         "{listed} ListKeys pages after the restart ({pages} a scan), {create_keys} CreateKey before it"
     );
     let keys = keys_by_owner(&format!("{CLUSTER}/{}/", env.ns)).await;
@@ -1002,7 +1006,18 @@ async fn a_key_scan_survives_failing_tag_reads() {
     env.apply_rs("scan", spec).await;
     let mut env = env;
     env.start_rotor_with_endpoint(&[], &proxy.url);
-    env.wait_ready("scan").await;
+    // A failed scan waits for the object's backoff before the next attempt:
+    // more time than `wait_ready` gives on a busy machine.
+    let started = Instant::now();
+    let rs_api = env.rs_api();
+    eventually("the object Ready", Duration::from_secs(90), || async {
+        let rs = rs_api.get("scan").await.ok()?;
+        condition(&rs, "Ready")
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+    eprintln!("Ready after {:.1} s", started.elapsed().as_secs_f64());
     let calls = proxy.calls();
     eprintln!("AWS calls: {calls:?}");
     assert_eq!(
