@@ -132,6 +132,22 @@ pub async fn keys_owned_by(owner: &str) -> Vec<String> {
         .collect()
 }
 
+/// `rotor run` flags for leader election on a 3 s lease named `lease` in
+/// `ns`, followed by `extra`.
+pub fn leader_election_flags<'a>(ns: &'a str, lease: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--leader-election",
+        "--leader-election-namespace",
+        ns,
+        "--leader-election-lease",
+        lease,
+        "--leader-election-lease-duration",
+        "3s",
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
+
 /// The key id an alias points at, from ListAliases.
 pub async fn alias_target(alias: &str) -> Option<String> {
     let kms = kms();

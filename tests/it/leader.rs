@@ -7,7 +7,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
-use crate::common::{Env, eventually};
+use crate::common::{Env, eventually, leader_election_flags};
 
 const DB: &str = r#"{"username":"admin","password":"leader-Pw-42"}"#;
 
@@ -16,15 +16,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     let env = Env::new().await;
     env.create_aws_secret("db", DB, Some(&env.owner("db"))).await;
     let ns = env.ns.clone();
-    let flags = [
-        "--leader-election",
-        "--leader-election-namespace",
-        ns.as_str(),
-        "--leader-election-lease",
-        "rotor-test",
-        "--leader-election-lease-duration",
-        "3s",
-    ];
+    let flags = leader_election_flags(&ns, "rotor-test", &[]);
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &ns);
 
     let first = env.spawn_rotor(&flags);

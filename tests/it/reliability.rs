@@ -36,7 +36,8 @@ use serde_json::{Value, json};
 use testbed::{ControlPlane, RotorCommand, random_suffix, try_eventually};
 
 use crate::common::{
-    AwsProxy, CLUSTER, Env, Rotor, alias_target, condition, eventually, key_owners, kms, testbed,
+    AwsProxy, CLUSTER, Env, Rotor, alias_target, condition, eventually, key_owners, kms,
+    leader_election_flags, testbed,
 };
 
 const MANAGER: &str = "rotor-reliability-tests";
@@ -728,17 +729,7 @@ async fn the_leader_killed_mid_round_fails_over_without_a_double_rollout() {
     let ns = env.ns.clone();
     // One reconcile at a time: the round takes several of them, so the kill
     // falls inside it.
-    let flags = [
-        "--leader-election",
-        "--leader-election-namespace",
-        ns.as_str(),
-        "--leader-election-lease",
-        "rotor-rel",
-        "--leader-election-lease-duration",
-        "3s",
-        "--concurrency",
-        "1",
-    ];
+    let flags = leader_election_flags(&ns, "rotor-rel", &["--concurrency", "1"]);
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &ns);
     let holder = || async {
         leases
