@@ -108,6 +108,14 @@ struct Args {
     /// Extra flag passed to `rotor run` (repeatable), e.g. `--rotor-arg=--drift-interval=1h`.
     #[arg(long = "rotor-arg", allow_hyphen_values = true)]
     rotor_args: Vec<String>,
+    /// Extra environment for rotor (repeatable, `KEY=VALUE`), e.g. an
+    /// allocator setting for an A/B run: `--rotor-env MALLOC_ARENA_MAX=2`.
+    #[arg(long = "rotor-env", value_parser = parse_env)]
+    rotor_env: Vec<(String, String)>,
+    /// Run this binary instead of the release build (a profiling wrapper, a
+    /// build with symbols); it is started as `BIN run ...`.
+    #[arg(long)]
+    rotor_bin: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -118,6 +126,12 @@ struct Args {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     rotor::api::duration::parse(s).ok_or_else(|| format!("{s:?} is not a duration such as 10s or 1m"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 type Res<T> = Result<T, String>;

@@ -31,6 +31,7 @@ pub struct Launcher {
     dir: PathBuf,
     min_refresh: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     starts: usize,
     /// Start replicas that elect a leader (the soak's failover scenario).
     pub leader_election: bool,
@@ -70,10 +71,13 @@ impl Launcher {
             aws_endpoint: self.endpoint.clone(),
             log: self.dir.join(format!("bench-rotor-{}.log", self.starts)),
             args,
-            env: vec![(
+            env: [(
                 "RUST_LOG".into(),
                 std::env::var("ROTOR_BENCH_LOG").unwrap_or_else(|_| "info".into()),
-            )],
+            )]
+            .into_iter()
+            .chain(self.env.iter().cloned())
+            .collect(),
         })?;
         // hack/bench.sh kills these on exit, whatever happens to this process.
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -499,8 +503,11 @@ impl Bench {
         // Run a private copy: a `cargo build` elsewhere must not swap the binary
         // between rotor's restarts.
         let bin = bed.dir.join("rotor-bench-bin");
-        std::fs::copy(env!("CARGO_BIN_EXE_rotor"), &bin)
-            .map_err(|e| format!("copy the rotor binary: {e}"))?;
+        let source = args
+            .rotor_bin
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rotor").into());
+        std::fs::copy(&source, &bin).map_err(|e| format!("copy the rotor binary: {e}"))?;
 
         let admin = testbed::k8s::client_from(&bed.admin_kubeconfig).await?;
         let apiserver = admin
@@ -532,6 +539,7 @@ impl Bench {
             dir: bed.dir.clone(),
             min_refresh: args.min_refresh_interval.clone(),
             extra: args.rotor_args.clone(),
+            env: args.rotor_env.clone(),
             starts: 0,
             leader_election: false,
         };
