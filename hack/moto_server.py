@@ -15,6 +15,14 @@ Patched (moto 5.2.1), all in-process before the server starts:
 - `FakeSecret.to_dict` (DescribeSecret, ListSecrets) returns the stored
   `RotationRules` and computes `NextRotationDate` for `rate()` schedules and
   AutomaticallyAfterDays (left out for `cron()` schedules).
+- `SecretsManagerBackend.list_secrets` serialises only the page it returns
+  (moto's serialises every matching secret for each page: O(N) a page, so a
+  sweep of 10,000 secrets took longer than its 60 s interval). Same order,
+  filters and NextToken.
+- `SecretsStore` lookups (every call naming a secret) go by name, or by the
+  name inside a full ARN, instead of scanning every secret; the scan also
+  iterated the dict while other request threads added to it, so concurrent
+  CreateSecret calls failed now and then with a 500.
 - `GET /rotor-test/rotations` (test only, not AWS) returns
   `{secret ARN: completed rotations}`; `POST /moto-api/reset` clears it too.
 - Rotation functions run for real when the ARN names a moto Lambda function
@@ -81,11 +89,15 @@ from moto.secretsmanager.exceptions import (
     SecretNotFoundException,
 )
 from moto.secretsmanager.models import (
+    MAX_RESULTS_DEFAULT,
     FakeSecret,
     ReplicaSecret,
     SecretsManagerBackend,
+    SecretsStore,
+    _matches,
     secretsmanager_backends,
 )
+from moto.secretsmanager.utils import get_secret_name_from_partial_arn
 from moto.server import main
 
 RULE_KEYS = ("AutomaticallyAfterDays", "ScheduleExpression", "Duration")
@@ -587,6 +599,63 @@ def to_dict(self: FakeSecret) -> dict[str, Any]:
     return dct
 
 
+def list_secrets(
+    self: SecretsManagerBackend,
+    filters: list[dict[str, Any]],
+    max_results: int = MAX_RESULTS_DEFAULT,
+    next_token: str | None = None,
+    include_planned_deletion: bool = False,
+) -> tuple[list[dict[str, Any]], str | None]:
+    # moto's own serialises every matching secret for every page and then
+    # slices one page out, so a page of 10,000 secrets costs ~150 ms and a
+    # full listing grows with the square of the count. AWS pages in constant
+    # time. Same order, filters and tokens; only the page is serialised.
+    matching = [
+        secret
+        for secret in list(dict.values(self.secrets))  # a snapshot: other threads add secrets
+        if (include_planned_deletion or not getattr(secret, "deleted_date", None))
+        and _matches(secret, filters)
+    ]
+    page, token = self._get_secret_values_page_and_next_token(matching, max_results, next_token)
+    return [secret.to_dict() for secret in page], token
+
+
+def _find_secret(store: SecretsStore, key: str) -> FakeSecret | ReplicaSecret | None:
+    """The secret named `key`, or whose full ARN is `key`, by its name (the
+    store's key; a full ARN is arn:...:secret:NAME-XXXXXX): moto scans every
+    secret for each lookup, and iterates the dict while other request threads
+    add to it ("dictionary changed size during iteration", a 500)."""
+    found = dict.get(store, key)
+    if found is not None:
+        return found
+    if key.startswith("arn:"):
+        tail = key.split(":")[-1]
+        for name in (tail[:-7], tail):
+            found = dict.get(store, name)
+            if found is not None and found.arn == key:
+                return found
+    return None
+
+
+def _store_getitem(self: SecretsStore, key: str) -> FakeSecret | ReplicaSecret:
+    found = _find_secret(self, key)
+    return found if found is not None else dict.__getitem__(self, get_secret_name_from_partial_arn(key))
+
+
+def _store_contains(self: SecretsStore, key: str) -> bool:
+    return _find_secret(self, key) is not None or dict.__contains__(self, get_secret_name_from_partial_arn(key))
+
+
+def _store_get(self: SecretsStore, key: str) -> FakeSecret | ReplicaSecret | None:  # type: ignore[override]
+    found = _find_secret(self, key)
+    return found if found is not None else dict.get(self, get_secret_name_from_partial_arn(key))
+
+
+def _store_pop(self: SecretsStore, key: str) -> FakeSecret | ReplicaSecret | None:  # type: ignore[override]
+    found = _find_secret(self, key)
+    return dict.pop(self, found.name if found is not None else get_secret_name_from_partial_arn(key), None)
+
+
 def _rotation_counts() -> dict[str, int]:
     counts = {}
     for account in list(secretsmanager_backends.values()):
@@ -685,6 +754,11 @@ def dispatch(self: DomainDispatcherApplication, environ: dict[str, Any], start_r
 SecretsManagerBackend.rotate_secret = rotate_secret  # type: ignore[method-assign]
 LambdaFunction.invoke = lambda_invoke  # type: ignore[method-assign]
 FakeSecret.to_dict = to_dict  # type: ignore[method-assign]
+SecretsManagerBackend.list_secrets = list_secrets  # type: ignore[method-assign]
+SecretsStore.__getitem__ = _store_getitem  # type: ignore[method-assign]
+SecretsStore.__contains__ = _store_contains  # type: ignore[method-assign,assignment]
+SecretsStore.get = _store_get  # type: ignore[method-assign,assignment]
+SecretsStore.pop = _store_pop  # type: ignore[method-assign,assignment]
 DomainDispatcherApplication.__call__ = dispatch  # type: ignore[method-assign]
 
 if __name__ == "__main__":

@@ -226,6 +226,41 @@ class MotoServerTest(unittest.TestCase):
         self.assertError("InvalidRequestException", self.sm.rotate_secret,
                          SecretId=arn, RotationLambdaARN=LAMBDA)
 
+    def test_list_secrets_pages_cover_each_match_once(self):
+        tag = uuid.uuid4().hex[:8]
+        arns = [self.sm.create_secret(Name=f"p-{tag}-{i}", SecretString="x",
+                                      Tags=[{"Key": "page", "Value": tag}])["ARN"] for i in range(7)]
+        self.sm.create_secret(Name=f"other-{tag}", SecretString="x")
+        self.sm.delete_secret(SecretId=arns[0], RecoveryWindowInDays=7)
+
+        def listed(**kw):
+            seen, token = [], None
+            while True:
+                page = self.sm.list_secrets(Filters=[{"Key": "tag-value", "Values": [tag]}], MaxResults=3,
+                                            **({"NextToken": token} if token else {}), **kw)
+                self.assertLessEqual(len(page["SecretList"]), 3)
+                seen += [s["ARN"] for s in page["SecretList"]]
+                token = page.get("NextToken")
+                if not token:
+                    return seen
+
+        self.assertEqual(listed(), arns[1:])
+        self.assertEqual(listed(IncludePlannedDeletion=True), arns)
+        self.assertEqual(self.sm.describe_secret(SecretId=arns[1])["Tags"],
+                         next(s for s in self.sm.list_secrets(Filters=[{"Key": "tag-value", "Values": [tag]}])
+                              ["SecretList"] if s["ARN"] == arns[1])["Tags"])
+
+    def test_secrets_are_found_by_name_full_and_partial_arn(self):
+        name = f"look-{uuid.uuid4().hex[:8]}"
+        arn = self.sm.create_secret(Name=name, SecretString="x")["ARN"]
+        partial = arn[:-7]
+        for key in (name, arn, partial):
+            self.assertEqual(self.sm.describe_secret(SecretId=key)["ARN"], arn, key)
+        self.assertError("ResourceNotFoundException", self.sm.describe_secret, SecretId=arn[:-1] + "Z")
+        self.assertError("ResourceExistsException", self.sm.create_secret, Name=name, SecretString="y")
+        self.sm.delete_secret(SecretId=partial, ForceDeleteWithoutRecovery=True)
+        self.assertError("ResourceNotFoundException", self.sm.describe_secret, SecretId=name)
+
     def test_reset_still_works(self):
         arn = self.create("x")
         self.sm.rotate_secret(SecretId=arn, RotationLambdaARN=LAMBDA,
