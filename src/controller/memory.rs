@@ -111,16 +111,18 @@ struct ObjectMemory {
     watch: Option<(Option<String>, Instant)>,
     /// A version other than the synced one, and when it was first noticed.
     detected: Option<(String, Instant)>,
-    /// The status rotor last wrote (only the leader writes, so this is never
-    /// older than the cache).
-    status: Option<RotatedSecretStatus>,
+    /// The status rotor last wrote, until the cache shows it (only the
+    /// leader writes, so this is never older than the cache). Boxed: most
+    /// entries have none, and the map reserves room for each inline.
+    status: Option<Box<RotatedSecretStatus>>,
     rotation_report: Option<RotationReport>,
 }
 
 /// One secret as last seen.
 #[derive(Clone, Debug)]
 pub struct Observed {
-    pub meta: SecretMeta,
+    /// Boxed: the map reserves room for each entry inline.
+    pub meta: Box<SecretMeta>,
     /// When the call that saw it was sent: AWS's answer describes the secret
     /// as it was at some point after this, so observations are ordered by it.
     pub sent: Instant,
@@ -271,13 +273,24 @@ impl Memory {
 
     // --- status ----------------------------------------------------------
 
+    /// The status rotor wrote last, while the cached object does not show
+    /// it yet; forgotten once it does, so the copy lives only while the
+    /// watch lags.
     pub fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
-        self.lock().get(rs)?.status.clone()
+        let mut state = self.lock();
+        let entry = state
+            .objects
+            .get_mut(&ObjectRef::from(rs))
+            .filter(|m| m.uid == rs.uid())?;
+        if entry.status.as_deref() == rs.status.as_ref() {
+            entry.status = None;
+        }
+        entry.status.as_deref().cloned()
     }
 
     pub fn remember_status(&self, rs: &RotatedSecret, status: &RotatedSecretStatus) {
         if rs.uid().is_some() {
-            self.lock().object(rs).status = Some(status.clone());
+            self.lock().object(rs).status = Some(Box::new(status.clone()));
         }
     }
 
@@ -287,7 +300,7 @@ impl Memory {
     /// A ListSecrets page is sent before, and may land after, a DescribeSecret
     /// that follows one of rotor's own writes; the older view must not win,
     /// or status shows the state from before that write.
-    pub fn record(&self, meta: SecretMeta, sent: Instant, now: Instant) -> bool {
+    pub fn record(&self, meta: &SecretMeta, sent: Instant, now: Instant) -> bool {
         let mut state = self.lock();
         let known = state.secrets.get(&meta.arn);
         if known.is_some_and(|k| k.sent > sent) {
@@ -298,17 +311,28 @@ impl Memory {
             (Some(k), Some(v)) if k.meta.pending_version.as_ref() == Some(v) => k.pending_since.or(Some(now)),
             (_, Some(_)) => Some(now),
         };
-        if let Some(owner) = meta.owner() {
+        if let Some(owner) = meta.owner()
+            && state.owners.get(owner) != Some(&meta.arn)
+        {
             state.owners.insert(owner.to_owned(), meta.arn.clone());
         }
+        // Most sweeps show a secret unchanged: keep the copy already held
+        // rather than churn the heap with a new one every interval.
+        let wall = Timestamp::now();
+        if let Some(k) = state.secrets.get_mut(&meta.arn)
+            && *k.meta == *meta
+        {
+            (k.sent, k.at, k.wall, k.pending_since) = (sent, now, wall, pending_since);
+            return true;
+        }
         let observed = Observed {
-            meta,
+            meta: Box::new(meta.clone()),
             sent,
             at: now,
-            wall: Timestamp::now(),
+            wall,
             pending_since,
         };
-        state.secrets.insert(observed.meta.arn.clone(), observed);
+        state.secrets.insert(meta.arn.clone(), observed);
         true
     }
 
@@ -336,13 +360,13 @@ impl Memory {
             && !seen.meta.deleted
             && seen.meta.name == sm.name
             && seen.meta.owner() == Some(owner))
-        .then(|| seen.meta.clone())
+        .then(|| (*seen.meta).clone())
     }
 
     /// Records what a DescribeSecret just showed. Sent a little before now:
     /// it still outranks any listing sent before the describe.
     pub fn described(&self, meta: &SecretMeta, now: Instant) {
-        self.record(meta.clone(), now, now);
+        self.record(meta, now, now);
     }
 
     pub fn observed(&self, arn: &str) -> Option<Observed> {
@@ -422,10 +446,10 @@ impl Memory {
         state.objects.remove(&ObjectRef::from(rs));
         if let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) {
             let blank = Observed {
-                meta: SecretMeta {
+                meta: Box::new(SecretMeta {
                     arn: arn.clone(),
                     ..SecretMeta::default()
-                },
+                }),
                 sent: now,
                 at: now,
                 wall: Timestamp::now(),
@@ -567,7 +591,7 @@ impl Memory {
         let state = self.lock();
         let seen = state.secrets.get(arn)?;
         let fresh = now.saturating_duration_since(seen.at) <= state.sweep.every * 2;
-        (fresh && seen.meta.owner() == Some(owner)).then(|| seen.meta.clone())
+        (fresh && seen.meta.owner() == Some(owner)).then(|| (*seen.meta).clone())
     }
 
     /// When to look at an object again when nothing triggers it: at the

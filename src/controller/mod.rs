@@ -241,14 +241,7 @@ fn scope_controller(
     // spec, annotation (rotate-now) and finalizer changes do.
     let objects = watcher(rs_api, watcher::Config::default().any_semantic())
         .default_backoff()
-        // Held for every object for the life of the process: drop what rotor
-        // never reads (often most of an object's bytes).
-        .modify(|rs: &mut RotatedSecret| {
-            rs.metadata.managed_fields = None;
-            if let Some(a) = rs.metadata.annotations.as_mut() {
-                a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        })
+        .modify(slim)
         .reflect(writer)
         .inspect(move |e| {
             if matches!(e, Ok(watcher::Event::InitDone)) {
@@ -290,6 +283,30 @@ fn scope_controller(
     (poller, run, listed)
 }
 
+/// What the cache keeps of a RotatedSecret, held for every object for the
+/// life of the process: rotor never reads managed fields, labels or the
+/// last-applied annotation (often most of an object's bytes), and a map left
+/// empty still holds a node of ~0.5 KiB. At 10,000 objects every byte kept
+/// here is 10 MB.
+fn slim(rs: &mut RotatedSecret) {
+    let meta = &mut rs.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
+    // Lists grow by doubling while they are read: up to half of each is spare.
+    if let Some(s) = rs.status.as_mut() {
+        s.conditions.shrink_to_fit();
+        s.managed_tags.shrink_to_fit();
+        s.managed_replicas.shrink_to_fit();
+        s.rolled_out.shrink_to_fit();
+    }
+}
+
 /// A watch's errors stop here: it retries on its own backoff
 /// (`default_backoff`). An error reaching the Controller would pause every
 /// trigger stream behind kube-runtime's one shared backoff timer, so a failing
@@ -309,4 +326,45 @@ fn retried_in_place<K: Send>(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_what_reconciles_read() {
+        let mut rs: RotatedSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rotor.dev/v1alpha1", "kind": "RotatedSecret",
+            "metadata": {
+                "name": "a", "namespace": "ns", "uid": "u1", "generation": 2,
+                "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "finalizers": ["rotor.dev/cleanup"],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"secretsManager": {"name": "a"}},
+        }))
+        .unwrap();
+        let kept = rs.clone();
+        slim(&mut rs);
+        assert_eq!(rs.metadata.labels, None);
+        assert_eq!(rs.metadata.annotations, None);
+        assert_eq!(rs.metadata.managed_fields, None);
+        assert_eq!(rs.metadata.finalizers, kept.metadata.finalizers);
+        assert_eq!(rs.metadata.generation, Some(2));
+        assert_eq!(rs.spec, kept.spec);
+
+        let mut rotate = kept.clone();
+        rotate.metadata.annotations =
+            Some([(crate::api::ROTATE_NOW_ANNOTATION.to_owned(), "t1".to_owned())].into());
+        slim(&mut rotate);
+        assert_eq!(
+            rotate
+                .annotations()
+                .get(crate::api::ROTATE_NOW_ANNOTATION)
+                .map(String::as_str),
+            Some("t1")
+        );
+    }
 }

@@ -137,7 +137,7 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
         for entry in listed {
             // A false `record`: rotor described this secret after the
             // listing was sent, and the listing has nothing newer to say.
-            if ctx.memory.record(entry.clone(), sent, Instant::now()) {
+            if ctx.memory.record(&entry, sent, Instant::now()) {
                 route(ctx, scopes, &prefix, &entry, &mut behind);
             }
         }

@@ -106,13 +106,13 @@ fn failures_count_until_a_success_and_retries_stay_capped() {
 fn a_listing_never_replaces_a_newer_describe() {
     let (m, t0) = (memory(), Instant::now());
     m.described(&meta(ARN, "v2"), t0 + Duration::from_secs(1));
-    assert!(!m.record(meta(ARN, "v1"), t0, t0 + Duration::from_secs(2)));
+    assert!(!m.record(&meta(ARN, "v1"), t0, t0 + Duration::from_secs(2)));
     assert_eq!(
         m.observed(ARN).unwrap().meta.current_version.as_deref(),
         Some("v2")
     );
     assert!(m.record(
-        meta(ARN, "v3"),
+        &meta(ARN, "v3"),
         t0 + Duration::from_secs(3),
         t0 + Duration::from_secs(4)
     ));
@@ -135,12 +135,12 @@ fn pending_is_timed_from_when_that_version_was_first_seen() {
         ..meta(ARN, "v1")
     };
     let at = |s| t0 + Duration::from_secs(s);
-    m.record(pending(Some("p1")), at(0), at(0));
-    m.record(pending(Some("p1")), at(10), at(10));
+    m.record(&pending(Some("p1")), at(0), at(0));
+    m.record(&pending(Some("p1")), at(10), at(10));
     assert_eq!(m.pending_for(ARN, at(30)), Duration::from_secs(30));
-    m.record(pending(Some("p2")), at(40), at(40));
+    m.record(&pending(Some("p2")), at(40), at(40));
     assert_eq!(m.pending_for(ARN, at(50)), Duration::from_secs(10));
-    m.record(pending(None), at(60), at(60));
+    m.record(&pending(None), at(60), at(60));
     assert_eq!(m.pending_for(ARN, at(70)), Duration::ZERO);
 }
 
@@ -150,7 +150,7 @@ fn the_fast_path_uses_the_cached_metadata_only_when_it_can_be_trusted() {
     let wall = Timestamp::now();
     let rs = rs();
     m.set_poll_interval(Duration::from_secs(30));
-    m.record(meta(ARN, "v2"), t0, t0);
+    m.record(&meta(ARN, "v2"), t0, t0);
     // No sweep of the region yet.
     assert_eq!(m.polled(&rs, OWNER, t0, wall), None);
     m.swept("us-east-1", t0);
@@ -240,6 +240,54 @@ fn a_failed_rotation_is_reported_until_the_version_moves() {
 }
 
 #[test]
+fn the_written_status_is_kept_only_until_the_cache_shows_it() {
+    let m = memory();
+    let cached = rs();
+    let written = RotatedSecretStatus {
+        synced_version_id: Some("v2".into()),
+        ..cached.status.clone().unwrap()
+    };
+    m.remember_status(&cached, &written);
+    // The watch lags: the copy is what the next reconcile starts from.
+    assert_eq!(m.last_status(&cached), Some(written.clone()));
+    assert_eq!(m.last_status(&cached), Some(written.clone()));
+    let caught_up = RotatedSecret {
+        status: Some(written),
+        ..cached.clone()
+    };
+    assert_eq!(m.last_status(&caught_up), None);
+    // Forgotten: an older cached object no longer brings it back.
+    assert_eq!(m.last_status(&cached), None);
+}
+
+#[test]
+fn an_unchanged_listing_keeps_the_copy_it_has() {
+    let m = memory();
+    let t0 = Instant::now();
+    let at = |s| t0 + Duration::from_secs(s);
+    assert!(m.record(&meta(ARN, "v1"), at(0), at(1)));
+    let held = {
+        let state = m.lock();
+        std::ptr::from_ref::<SecretMeta>(&state.secrets[ARN].meta)
+    };
+    assert!(m.record(&meta(ARN, "v1"), at(60), at(61)));
+    {
+        let state = m.lock();
+        let again = &state.secrets[ARN];
+        assert!(
+            std::ptr::eq(held, &*again.meta),
+            "an equal listing replaced the copy"
+        );
+        assert_eq!((again.sent, again.at), (at(60), at(61)));
+    }
+    assert!(m.record(&meta(ARN, "v2"), at(120), at(121)));
+    assert_eq!(
+        m.observed(ARN).unwrap().meta.current_version.as_deref(),
+        Some("v2")
+    );
+}
+
+#[test]
 fn an_object_replaced_under_the_same_name_starts_afresh() {
     let m = memory();
     let old = rs();
@@ -289,18 +337,18 @@ fn a_released_secret_never_looks_owned_to_an_object_re_created_under_its_name() 
     m.swept("us-east-1", at(0));
     let mut new = rs();
     new.status = None;
-    m.record(meta(ARN, "v1"), at(0), at(0));
+    m.record(&meta(ARN, "v1"), at(0), at(0));
     assert_eq!(m.listed_for(&new, OWNER, at(1)), Some(meta(ARN, "v1")));
     // Deleted with Retain: released at 2 s, while a listing sent at 1 s
     // (still showing the owner tag) is in flight.
     m.forget(&rs(), at(2));
     assert!(
-        !m.record(meta(ARN, "v1"), at(1), at(3)),
+        !m.record(&meta(ARN, "v1"), at(1), at(3)),
         "the older listing loses"
     );
     assert_eq!(m.listed_for(&new, OWNER, at(3)), None);
     // A listing sent later that shows it owned again (re-claimed) counts.
-    m.record(meta(ARN, "v1"), at(4), at(4));
+    m.record(&meta(ARN, "v1"), at(4), at(4));
     assert_eq!(m.listed_for(&new, OWNER, at(4)), Some(meta(ARN, "v1")));
 }
 
@@ -308,7 +356,7 @@ fn a_released_secret_never_looks_owned_to_an_object_re_created_under_its_name() 
 fn a_first_sync_uses_the_listing_only_for_what_it_can_show() {
     let (m, t0) = (memory(), Instant::now());
     m.set_poll_interval(Duration::from_secs(30));
-    m.record(meta(ARN, "v1"), t0, t0);
+    m.record(&meta(ARN, "v1"), t0, t0);
     let mut new = rs();
     new.status = None;
     assert_eq!(m.listed_for(&new, OWNER, t0), None, "no sweep of the region yet");
@@ -332,7 +380,7 @@ fn a_first_sync_uses_the_listing_only_for_what_it_can_show() {
     renamed.status = None;
     assert_eq!(m.listed_for(&renamed, OWNER, t0), None);
     m.record(
-        SecretMeta {
+        &SecretMeta {
             deleted: true,
             ..meta(ARN, "v1")
         },
@@ -353,9 +401,9 @@ fn an_arn_no_longer_listed_is_dropped() {
     let gone = "arn:aws:secretsmanager:us-east-1:1:secret:gone-AbCdEf";
     let other_region = "arn:aws:secretsmanager:eu-west-1:1:secret:far-AbCdEf";
     let newer = "arn:aws:secretsmanager:us-east-1:1:secret:new-AbCdEf";
-    m.record(meta(ARN, "v"), at(0), at(0));
-    m.record(meta(gone, "v"), at(0), at(0));
-    m.record(meta(other_region, "v"), at(0), at(0));
+    m.record(&meta(ARN, "v"), at(0), at(0));
+    m.record(&meta(gone, "v"), at(0), at(0));
+    m.record(&meta(other_region, "v"), at(0), at(0));
     // Described after the listing was sent: the listing cannot speak for it.
     m.described(&meta(newer, "v"), at(6));
     let regions = BTreeSet::from(["us-east-1".to_owned()]);
