@@ -594,7 +594,7 @@ async fn converge_tags(run: &mut Run<'_>, rc: &RegionClients, desc: &SecretMeta)
     let to_set: BTreeMap<String, String> = sm
         .tags
         .iter()
-        .filter(|(k, v)| desc.tags.get(*k) != Some(*v))
+        .filter(|(k, v)| desc.tags.get(k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if !to_set.is_empty() {
@@ -604,7 +604,7 @@ async fn converge_tags(run: &mut Run<'_>, rc: &RegionClients, desc: &SecretMeta)
         .status
         .managed_tags
         .iter()
-        .filter(|k| !sm.tags.contains_key(*k) && desc.tags.contains_key(*k) && k.as_str() != OWNER_TAG)
+        .filter(|k| !sm.tags.contains_key(*k) && desc.tags.contains_key(k) && k.as_str() != OWNER_TAG)
         .cloned()
         .collect();
     if !to_remove.is_empty() {
