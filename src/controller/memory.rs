@@ -274,9 +274,15 @@ impl Memory {
     // --- status ----------------------------------------------------------
 
     /// The status rotor wrote last, while the cached object does not show
-    /// it yet; forgotten once it does, so the copy lives only while the
-    /// watch lags.
+    /// it yet.
     pub fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
+        self.forget_shown_status(rs)
+    }
+
+    /// The watch delivered `rs`: a written status it shows is forgotten, so
+    /// the copy lives only while the watch lags (at 10,000 objects the
+    /// copies were 10 MB). Returns the copy still needed, if any.
+    pub fn forget_shown_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
         let mut state = self.lock();
         let entry = state
             .objects

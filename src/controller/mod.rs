@@ -236,6 +236,7 @@ fn scope_controller(
     // the store: kube's Store::wait_until_ready wakes only one waiter.
     let listed = Arc::new(AtomicBool::new(false));
     let listed_flag = listed.clone();
+    let watched = ctx.clone();
     let (reader, writer) = reflector::store();
     // Status-only updates (rotor's own writes) do not trigger a reconcile;
     // spec, annotation (rotate-now) and finalizer changes do.
@@ -243,10 +244,12 @@ fn scope_controller(
         .default_backoff()
         .modify(slim)
         .reflect(writer)
-        .inspect(move |e| {
-            if matches!(e, Ok(watcher::Event::InitDone)) {
-                listed_flag.store(true, Ordering::Relaxed);
+        .inspect(move |e| match e {
+            Ok(watcher::Event::InitDone) => listed_flag.store(true, Ordering::Relaxed),
+            Ok(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) => {
+                watched.memory.forget_shown_status(rs);
             }
+            _ => {}
         })
         .applied_objects()
         .predicate_filter(

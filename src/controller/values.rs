@@ -126,6 +126,12 @@ impl Values {
                     Slot::InFlight => {}
                     Slot::Ready { .. } | Slot::Failed { .. } => {
                         let slot = state.slots.remove(arn)?;
+                        if state.slots.is_empty() {
+                            // A warm start queues every object: give back
+                            // the table once it has drained.
+                            state.slots.shrink_to_fit();
+                            state.queues.clear();
+                        }
                         self.work.notify_one();
                         return match slot {
                             Slot::Ready { value, .. } => {
