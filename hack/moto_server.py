@@ -622,9 +622,10 @@ def list_secrets(
 
 def _find_secret(store: SecretsStore, key: str) -> FakeSecret | ReplicaSecret | None:
     """The secret named `key`, or whose full ARN is `key`, by its name (the
-    store's key; a full ARN is arn:...:secret:NAME-XXXXXX): moto scans every
-    secret for each lookup, and iterates the dict while other request threads
-    add to it ("dictionary changed size during iteration", a 500)."""
+    store's key for a primary; a full ARN is arn:...:secret:NAME-XXXXXX):
+    moto scans every secret for each lookup, and iterates the dict while other
+    request threads add to it ("dictionary changed size during iteration", a
+    500)."""
     found = dict.get(store, key)
     if found is not None:
         return found
@@ -634,7 +635,19 @@ def _find_secret(store: SecretsStore, key: str) -> FakeSecret | ReplicaSecret | 
             found = dict.get(store, name)
             if found is not None and found.arn == key:
                 return found
+    # Replicas are stored under their ARN but found by name too: scan the
+    # (few) stores that hold one, over a snapshot.
+    if getattr(store, "rotor_has_replicas", False):
+        for secret in list(dict.values(store)):
+            if secret.arn == key or secret.name == key:
+                return secret
     return None
+
+
+def _store_setitem(self: SecretsStore, key: str, value: FakeSecret | ReplicaSecret) -> None:
+    if isinstance(value, ReplicaSecret):
+        self.rotor_has_replicas = True
+    dict.__setitem__(self, key, value)
 
 
 def _store_getitem(self: SecretsStore, key: str) -> FakeSecret | ReplicaSecret:
@@ -755,6 +768,7 @@ SecretsManagerBackend.rotate_secret = rotate_secret  # type: ignore[method-assig
 LambdaFunction.invoke = lambda_invoke  # type: ignore[method-assign]
 FakeSecret.to_dict = to_dict  # type: ignore[method-assign]
 SecretsManagerBackend.list_secrets = list_secrets  # type: ignore[method-assign]
+SecretsStore.__setitem__ = _store_setitem  # type: ignore[method-assign]
 SecretsStore.__getitem__ = _store_getitem  # type: ignore[method-assign]
 SecretsStore.__contains__ = _store_contains  # type: ignore[method-assign,assignment]
 SecretsStore.get = _store_get  # type: ignore[method-assign,assignment]

@@ -258,6 +258,14 @@ class MotoServerTest(unittest.TestCase):
             self.assertEqual(self.sm.describe_secret(SecretId=key)["ARN"], arn, key)
         self.assertError("ResourceNotFoundException", self.sm.describe_secret, SecretId=arn[:-1] + "Z")
         self.assertError("ResourceExistsException", self.sm.create_secret, Name=name, SecretString="y")
+        # A replica is stored under its ARN, and found by name and ARN too.
+        self.sm.replicate_secret_to_regions(SecretId=arn, AddReplicaRegions=[{"Region": "us-west-2"}])
+        west = boto3.client("secretsmanager", endpoint_url=self.endpoint, region_name="us-west-2",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        replica = arn.replace("us-east-1", "us-west-2")
+        for key in (name, replica):
+            self.assertEqual(west.describe_secret(SecretId=key)["ARN"], replica, key)
+        self.sm.remove_regions_from_replication(SecretId=arn, RemoveReplicaRegions=["us-west-2"])
         self.sm.delete_secret(SecretId=partial, ForceDeleteWithoutRecovery=True)
         self.assertError("ResourceNotFoundException", self.sm.describe_secret, SecretId=name)
 
