@@ -165,11 +165,26 @@ impl State {
         entry
     }
 
+    fn get_mut(&mut self, rs: &RotatedSecret) -> Option<&mut ObjectMemory> {
+        self.objects
+            .get_mut(&ObjectRef::from(rs))
+            .filter(|m| m.uid == rs.uid())
+    }
+
     fn get(&self, rs: &RotatedSecret) -> Option<&ObjectMemory> {
         self.objects
             .get(&ObjectRef::from(rs))
             .filter(|m| m.uid == rs.uid())
     }
+}
+
+/// The object's entry, without the written status once `rs` shows it.
+fn forget_shown_status<'a>(state: &'a mut State, rs: &RotatedSecret) -> Option<&'a mut ObjectMemory> {
+    let entry = state.get_mut(rs)?;
+    if entry.status.as_deref() == rs.status.as_ref() {
+        entry.status = None;
+    }
+    Some(entry)
 }
 
 pub struct Memory {
@@ -276,22 +291,15 @@ impl Memory {
     /// The status rotor wrote last, while the cached object does not show
     /// it yet.
     pub fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
-        self.forget_shown_status(rs)
+        let mut state = self.lock();
+        forget_shown_status(&mut state, rs)?.status.as_deref().cloned()
     }
 
     /// The watch delivered `rs`: a written status it shows is forgotten, so
     /// the copy lives only while the watch lags (at 10,000 objects the
-    /// copies were 10 MB). Returns the copy still needed, if any.
-    pub fn forget_shown_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
-        let mut state = self.lock();
-        let entry = state
-            .objects
-            .get_mut(&ObjectRef::from(rs))
-            .filter(|m| m.uid == rs.uid())?;
-        if entry.status.as_deref() == rs.status.as_ref() {
-            entry.status = None;
-        }
-        entry.status.as_deref().cloned()
+    /// copies were 10 MB).
+    pub fn watched(&self, rs: &RotatedSecret) {
+        forget_shown_status(&mut self.lock(), rs);
     }
 
     pub fn remember_status(&self, rs: &RotatedSecret, status: &RotatedSecretStatus) {

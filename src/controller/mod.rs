@@ -247,7 +247,7 @@ fn scope_controller(
         .inspect(move |e| match e {
             Ok(watcher::Event::InitDone) => listed_flag.store(true, Ordering::Relaxed),
             Ok(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) => {
-                watched.memory.forget_shown_status(rs);
+                watched.memory.watched(rs);
             }
             _ => {}
         })
@@ -287,16 +287,19 @@ fn scope_controller(
 }
 
 /// What the cache keeps of a RotatedSecret, held for every object for the
-/// life of the process: rotor never reads managed fields, labels or the
-/// last-applied annotation (often most of an object's bytes), and a map left
+/// life of the process: rotor never reads managed fields, labels or other
+/// tools' annotations (often most of an object's bytes), and a map left
 /// empty still holds a node of ~0.5 KiB. At 10,000 objects every byte kept
 /// here is 10 MB.
 fn slim(rs: &mut RotatedSecret) {
     let meta = &mut rs.metadata;
     meta.managed_fields = None;
     meta.labels = None;
+    // Only rotor's own annotations (rotate-now) are read: anything else a
+    // tenant puts there (up to 256 KiB an object) is not held, and editing
+    // it triggers no reconcile.
     if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        a.retain(|k, _| k.starts_with("rotor.dev/"));
     }
     if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
         meta.annotations = None;
@@ -359,8 +362,13 @@ mod tests {
         assert_eq!(rs.spec, kept.spec);
 
         let mut rotate = kept.clone();
-        rotate.metadata.annotations =
-            Some([(crate::api::ROTATE_NOW_ANNOTATION.to_owned(), "t1".to_owned())].into());
+        rotate.metadata.annotations = Some(
+            [
+                (crate::api::ROTATE_NOW_ANNOTATION.to_owned(), "t1".to_owned()),
+                ("team.example/notes".to_owned(), "x".repeat(100_000)),
+            ]
+            .into(),
+        );
         slim(&mut rotate);
         assert_eq!(
             rotate
@@ -369,5 +377,6 @@ mod tests {
                 .map(String::as_str),
             Some("t1")
         );
+        assert_eq!(rotate.annotations().len(), 1);
     }
 }

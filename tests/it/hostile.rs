@@ -599,6 +599,14 @@ async fn hostile_and_mistaken_objects_are_contained() {
             Mirrored("RotationConfigured", "RotateNowWithoutRotation"),
         ),
         (
+            // 100 KB of another tool's annotation next to rotor's: not held
+            // in rotor's cache, and rotate-now is still read (and refused).
+            "w-rotate-now-bulky-annotations".into(),
+            spec("w-rotate-now-bulky-annotations", rotation.clone()),
+            json!({"rotor.dev/rotate-now": "", "team.example/notes": "n".repeat(100_000)}),
+            Mirrored("RotationConfigured", "InvalidRotateNowToken"),
+        ),
+        (
             "w-rotate-now-long".into(),
             spec("w-rotate-now-long", rotation.clone()),
             json!({"rotor.dev/rotate-now": "t".repeat(300)}),
