@@ -689,12 +689,13 @@ async fn exactly_once_across_reruns_restarts_and_a_crash_after_the_write() {
     wait_rolled(&env, "creds", &v2).await;
     assert_rolled(&env, &created, &consumers, "creds", Some(&v2), 1).await;
 
-    // A reconcile re-run through an unrelated annotation.
+    // A reconcile re-run through an annotation (only rotor's own reach the
+    // cache, so only they trigger one).
     let before = reconciles(&env).await;
     patch_rs(
         &env,
         "creds",
-        json!({"metadata": {"annotations": {"touched": "1"}}}),
+        json!({"metadata": {"annotations": {"rotor.dev/touched": "1"}}}),
     )
     .await;
     eventually("a reconcile after the touch", Duration::from_secs(10), || async {
