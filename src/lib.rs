@@ -7,6 +7,7 @@ pub mod aws;
 pub mod backoff;
 pub mod config;
 pub mod controller;
+pub mod heap;
 pub mod k8s;
 pub mod redact;
 pub mod telemetry;

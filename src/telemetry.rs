@@ -108,6 +108,7 @@ pub struct Metrics {
     restarts: Family<KindLabels, Counter>,
     check_age: Gauge<f64, AtomicU64>,
     sweeps: Family<OutcomeLabels, Counter>,
+    sweep_duration: Histogram,
     reconcile_panics: Counter,
     task_restarts: Family<TaskLabels, Counter>,
     ready: Family<ObjectLabels, Gauge>,
@@ -193,6 +194,12 @@ impl Default for Metrics {
             "ListSecrets sweeps of the version poller",
             sweeps.clone(),
         );
+        let sweep_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]);
+        registry.register(
+            "version_sweep_duration_seconds",
+            "Time one sweep of the version poller takes, every region's pages",
+            sweep_duration.clone(),
+        );
         let reconcile_panics = Counter::default();
         registry.register(
             "reconcile_panics",
@@ -236,6 +243,7 @@ impl Default for Metrics {
             restarts,
             check_age,
             sweeps,
+            sweep_duration,
         }
     }
 }
@@ -299,9 +307,10 @@ impl Metrics {
         self.restarts.get_or_create(&KindLabels { kind }).inc();
     }
 
-    pub fn sweep(&self, ok: bool, oldest_check: Duration) {
+    pub fn sweep(&self, ok: bool, took: Duration, oldest_check: Duration) {
         let outcome = if ok { "success" } else { "error" };
         self.sweeps.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.sweep_duration.observe(took.as_secs_f64());
         self.check_age.set(oldest_check.as_secs_f64());
     }
 

@@ -580,12 +580,15 @@ impl Aws {
     /// Every secret carrying the owner tag key, 100 per call, with owners and
     /// AWSCURRENT versions: the version poller's sweep and the key-in-use check.
     /// `owner_prefix` narrows the sweep to one cluster's secrets (tag-value
-    /// filters are prefix matches).
+    /// filters are prefix matches). Each page goes to `page` as it arrives:
+    /// the sweep acts on it while the next is listed, and never holds the
+    /// whole region at once.
     pub async fn list_owned(
         &self,
         rc: &RegionClients,
         owner_prefix: Option<&str>,
-    ) -> Result<Vec<SecretMeta>, AwsError> {
+        page: impl FnMut(Vec<SecretMeta>),
+    ) -> Result<(), AwsError> {
         let mut filters = vec![
             Filter::builder()
                 .key(FilterNameStringType::TagKey)
@@ -600,18 +603,24 @@ impl Aws {
                     .build(),
             );
         }
-        self.list(rc, filters).await
+        self.list(rc, filters, page).await
     }
 
     /// Every secret in the region, owned or not, including those pending
     /// deletion: what the key-in-use check must see before a key goes.
     pub async fn list_all(&self, rc: &RegionClients) -> Result<Vec<SecretMeta>, AwsError> {
-        self.list(rc, Vec::new()).await
+        let mut all = Vec::new();
+        self.list(rc, Vec::new(), |page| all.extend(page)).await?;
+        Ok(all)
     }
 
-    async fn list(&self, rc: &RegionClients, filters: Vec<Filter>) -> Result<Vec<SecretMeta>, AwsError> {
+    async fn list(
+        &self,
+        rc: &RegionClients,
+        filters: Vec<Filter>,
+        mut each: impl FnMut(Vec<SecretMeta>),
+    ) -> Result<(), AwsError> {
         let filters = (!filters.is_empty()).then_some(filters);
-        let mut out = Vec::new();
         let mut token = None;
         loop {
             let page = self
@@ -627,6 +636,7 @@ impl Aws {
                         .send(),
                 )
                 .await?;
+            let mut out = Vec::with_capacity(page.secret_list().len());
             for s in page.secret_list() {
                 let rules = s.rotation_rules();
                 out.push(SecretMeta {
@@ -647,9 +657,10 @@ impl Aws {
                     pending_version: version_with(s.secret_versions_to_stages(), AWSPENDING),
                 });
             }
+            each(out);
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
-                return Ok(out);
+                return Ok(());
             }
         }
     }

@@ -83,10 +83,14 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
         let every = interval(&ctx, &scopes);
         ctx.memory.set_poll_interval(every);
         if last.is_none_or(|t| t.elapsed() >= every) {
-            last = Some(Instant::now());
+            let start = Instant::now();
+            last = Some(start);
             let ok = sweep(&ctx, &mut scopes).await;
             ctx.swept.send_replace(true);
-            ctx.metrics.sweep(ok, oldest_check(&ctx, &scopes));
+            ctx.metrics
+                .sweep(ok, start.elapsed(), oldest_check(&ctx, &scopes));
+            // Once an interval, after the sweep's pages are dropped.
+            crate::heap::release_free();
         }
         // Recompute the interval at least every `min_refresh`: an object
         // created with a shorter refreshInterval than the current interval
@@ -117,35 +121,38 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
     for region in &regions {
         let rc = ctx.aws.region(Some(region));
         let sent = Instant::now();
-        let listed = match ctx.aws.list_owned(&rc, Some(&prefix)).await {
-            Ok(listed) => listed,
-            Err(e) => {
-                warn!(region, error = %e, "version sweep failed; objects fall back to DescribeSecret");
-                all_ok = false;
-                for scope in scopes.iter_mut() {
-                    fall_back(ctx, scope, region);
+        // A region that the last sweeps listed: a page's new AWSCURRENT is
+        // acted on at once, not after the last page (at 10,000 secrets the
+        // listing takes seconds). Otherwise (the first sweep, or after a
+        // failed one) the reconciles it would trigger cannot rely on a
+        // listing yet, so its pages wait for the whole of it.
+        let stream = ctx.memory.sweep_healthy(region, sent);
+        let mut arns = HashSet::new();
+        let mut held = Vec::new();
+        let listed = ctx
+            .aws
+            .list_owned(&rc, Some(&prefix), |page| {
+                arns.extend(page.iter().map(|e| e.arn.clone()));
+                if stream {
+                    act(ctx, scopes, &prefix, region, sent, page);
+                } else {
+                    held.extend(page);
                 }
-                continue;
+            })
+            .await;
+        if let Err(e) = listed {
+            warn!(region, error = %e, "version sweep failed; objects fall back to DescribeSecret");
+            all_ok = false;
+            for scope in scopes.iter_mut() {
+                fall_back(ctx, scope, region);
             }
-        };
+            continue;
+        }
         ctx.memory.swept(region, Instant::now());
-        let arns: HashSet<String> = listed.iter().map(|e| e.arn.clone()).collect();
         for scope in scopes.iter_mut() {
             converge_vanished(ctx, scope, region, &arns);
         }
-        let mut behind = Vec::new();
-        for entry in listed {
-            // A false `record`: rotor described this secret after the
-            // listing was sent, and the listing has nothing newer to say.
-            if ctx.memory.record(&entry, sent, Instant::now()) {
-                route(ctx, scopes, &prefix, &entry, &mut behind);
-            }
-        }
-        // Batches pay off from two values on; one (an ordinary rotation)
-        // is the reconcile's own GetSecretValue.
-        if behind.len() > 1 {
-            ctx.values.prefetch(region, behind);
-        }
+        act(ctx, scopes, &prefix, region, sent, held);
         listings.insert(region.clone(), (sent, arns));
     }
     let live = |key: &ObjectRef<RotatedSecret>, uid: Option<&str>| {
@@ -161,6 +168,31 @@ async fn sweep(ctx: &Context, scopes: &mut [Scope]) -> bool {
         scopes.iter().any(|s| s.store.get(&key).is_some())
     });
     all_ok
+}
+
+/// Records a part of `region`'s listing (sent at `sent`) and triggers the
+/// objects it concerns. Values several objects are behind on are read in
+/// batches; a single one (an ordinary rotation) is the reconcile's own
+/// GetSecretValue.
+fn act(
+    ctx: &Context,
+    scopes: &mut [Scope],
+    prefix: &str,
+    region: &str,
+    sent: Instant,
+    listed: Vec<SecretMeta>,
+) {
+    let mut behind = Vec::new();
+    for entry in listed {
+        // A false `record`: rotor described this secret after the
+        // listing was sent, and the listing has nothing newer to say.
+        if ctx.memory.record(&entry, sent, Instant::now()) {
+            route(ctx, scopes, prefix, &entry, &mut behind);
+        }
+    }
+    if behind.len() > 1 {
+        ctx.values.prefetch(region, behind);
+    }
 }
 
 /// The sweep of `region` failed: objects that relied on it (requeued at
