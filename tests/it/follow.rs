@@ -414,6 +414,81 @@ async fn the_sweep_triggers_only_the_changed_object() {
         .await;
 }
 
+/// The sweep acts on each ListSecrets page as it arrives: a rotation on the
+/// first page reaches its Secret while the second page is still being
+/// listed (held back here until the call times out), not after the whole
+/// listing. At 10,000 secrets a listing takes seconds, which every rotation
+/// the sweep noticed used to wait for.
+#[tokio::test]
+async fn a_rotation_on_the_first_page_does_not_wait_for_the_last() {
+    let mut env = Env::new().await;
+    // A cluster of its own, so that the listing is exactly these secrets.
+    let cluster = format!("pages-{}", &uuid_like()[..8]);
+    let proxy = AwsProxy::start(&testbed().aws_endpoint);
+    env.start_rotor_with_endpoint(&["--cluster-name", &cluster], &proxy.url);
+    let owner = |name: &str| format!("{cluster}/{}/{name}", env.ns);
+    env.create_aws_secret("first", &value("pw-first-1-Qx7"), Some(&owner("first")))
+        .await;
+    // 5 s between sweeps: room to act between two of them.
+    env.apply_rs("first", rs_spec(&env, "first", json!({"refreshInterval": "5s"})))
+        .await;
+    env.wait_condition("first", "Ready", "True", "Ready").await;
+    // 100 more secrets of this cluster, owned by no object: two pages,
+    // "first" on the first one (moto lists in creation order).
+    for i in 0..100 {
+        let name = format!("filler-{i:03}");
+        env.create_aws_secret(&name, "{}", Some(&owner(&name))).await;
+    }
+    let sweeps = || async {
+        let m = env.rotor.as_ref().unwrap().metrics().await;
+        metric(&m, "rotor_version_sweeps_total", r#"outcome="success""#)
+    };
+    // One whole two-page sweep, then the end of the next: from here the
+    // next ListSecrets is the first page of a sweep.
+    let swept = sweeps().await;
+    for n in [swept + 1.0, swept + 2.0] {
+        eventually("a sweep", Duration::from_secs(20), || async {
+            (sweeps().await >= n).then_some(())
+        })
+        .await;
+    }
+    // Page one answers; every later page is held past the call's timeout
+    // (the oldest matching rule applies first).
+    proxy.reset();
+    proxy.fault_spec(json!({"operation": "ListSecrets", "count": 1, "kind": "delay", "seconds": 0}));
+    proxy.fault_spec(json!({"operation": "ListSecrets", "count": -1, "kind": "delay", "seconds": 60}));
+    let v2 = env.rotate("first", &value("pw-first-2-Qx7")).await;
+    let rotated = Instant::now();
+    eventually(
+        "Secret first holds the new version",
+        Duration::from_secs(60),
+        || async {
+            let s = env.secret_api().get("first").await.ok()?;
+            (s.metadata.annotations?.get("rotor.dev/version-id") == Some(&v2)).then_some(())
+        },
+    )
+    .await;
+    let took = rotated.elapsed();
+    let calls = proxy.calls();
+    // The next sweep starts within 5 s and its second page is held 20 s
+    // (the attempt timeout): only the first page can have brought it.
+    assert!(
+        took < Duration::from_secs(12),
+        "the new version arrived {took:?} after the rotation: {calls:?}\n{}",
+        env.rotor_log()
+    );
+    assert_eq!(
+        count(&calls, "DescribeSecret"),
+        0,
+        "the sweep noticed it: {calls:?}"
+    );
+    assert_eq!(sweeps().await, swept + 2.0, "no sweep finished meanwhile");
+    assert_eq!(
+        env.secret_data("first").await.unwrap()["password"],
+        "pw-first-2-Qx7"
+    );
+}
+
 /// Nothing changed: only ListSecrets, no GetSecretValue and no DescribeSecret,
 /// over several poll intervals.
 #[tokio::test]
