@@ -1,8 +1,10 @@
 //! Status conditions: types, reasons, and the rule that `lastTransitionTime`
 //! moves only when a condition's status changes.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const READY: &str = "Ready";
 pub const KMS_KEY_READY: &str = "KmsKeyReady";
@@ -14,14 +16,51 @@ pub const ROLLED_OUT: &str = "RolledOut";
 /// Condition messages are shown in `kubectl describe`; keep them short.
 const MAX_MESSAGE_LEN: usize = 1024;
 
+/// Types, statuses and the usual reasons: every cached object's conditions
+/// share these instead of holding three small strings each (six conditions
+/// an object: about 0.6 KB an object, 6 MB at 10,000).
+const SHARED: &[&str] = &[
+    READY,
+    KMS_KEY_READY,
+    SECRET_READY,
+    ROTATION_CONFIGURED,
+    SYNCED,
+    ROLLED_OUT,
+    "True",
+    "False",
+    "Unknown",
+    "AwsManagedKey",
+    "Configured",
+    "NotConfigured",
+    "Disabled",
+];
+
+/// A condition string: shared when it is one of `SHARED`.
+pub type Text = Cow<'static, str>;
+
+fn share(s: &str) -> Option<Text> {
+    SHARED.iter().find(|k| **k == s).map(|k| Cow::Borrowed(*k))
+}
+
+fn text(s: &str) -> Text {
+    share(s).unwrap_or_else(|| Cow::Owned(s.to_owned()))
+}
+
+fn shared_text<'de, D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+    let s = Cow::<'de, str>::deserialize(d)?;
+    Ok(share(&s).unwrap_or_else(|| Cow::Owned(s.into_owned())))
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
+    #[serde(rename = "type", deserialize_with = "shared_text")]
+    pub type_: Text,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
-    pub reason: String,
+    #[serde(deserialize_with = "shared_text")]
+    pub status: Text,
+    #[serde(deserialize_with = "shared_text")]
+    pub reason: Text,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -33,9 +72,9 @@ impl Condition {
         let mut message = message.into();
         truncate(&mut message, MAX_MESSAGE_LEN);
         Self {
-            type_: type_.to_owned(),
-            status: if ok { "True" } else { "False" }.to_owned(),
-            reason: reason.to_owned(),
+            type_: text(type_),
+            status: Cow::Borrowed(if ok { "True" } else { "False" }),
+            reason: text(reason),
             message,
             observed_generation: None,
             last_transition_time: String::new(),
@@ -114,6 +153,22 @@ mod tests {
         );
         assert_eq!(cs[0].last_transition_time, "t3");
         assert_eq!(cs[0].status, "False");
+    }
+
+    #[test]
+    fn usual_strings_are_shared_and_others_kept() {
+        let c: Condition = serde_json::from_value(serde_json::json!({
+            "type": "Synced", "status": "True", "reason": "SecretConflict",
+            "message": "m", "lastTransitionTime": "t",
+        }))
+        .unwrap();
+        assert!(matches!(c.type_, Cow::Borrowed(SYNCED)));
+        assert!(matches!(c.status, Cow::Borrowed("True")));
+        assert!(matches!(&c.reason, Cow::Owned(r) if r == "SecretConflict"));
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["type"], "Synced");
+        assert_eq!(back["reason"], "SecretConflict");
+        assert_eq!(Condition::new(SYNCED, true, "Synced", "m").type_, c.type_);
     }
 
     #[test]

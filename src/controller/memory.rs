@@ -116,6 +116,8 @@ struct ObjectMemory {
     /// entries have none, and the map reserves room for each inline.
     status: Option<Box<RotatedSecretStatus>>,
     rotation_report: Option<RotationReport>,
+    /// When the sweep is to trigger the next check (`check_by_sweep`).
+    due: Option<Instant>,
 }
 
 /// One secret as last seen.
@@ -151,11 +153,20 @@ struct State {
     sweep: SweepHealth,
 }
 
+/// The object's key here: its namespace and name. `ObjectRef::from` also
+/// copies the uid and resourceVersion, which lookups ignore; the entry
+/// keeps the uid it needs.
+fn key(rs: &RotatedSecret) -> ObjectRef<RotatedSecret> {
+    let mut key = ObjectRef::new(rs.metadata.name.as_deref().unwrap_or_default());
+    key.namespace.clone_from(&rs.metadata.namespace);
+    key
+}
+
 impl State {
     /// The object's entry, reset when the uid says it is another object.
     fn object(&mut self, rs: &RotatedSecret) -> &mut ObjectMemory {
         let uid = rs.uid();
-        let entry = self.objects.entry(ObjectRef::from(rs)).or_default();
+        let entry = self.objects.entry(key(rs)).or_default();
         if entry.uid != uid {
             *entry = ObjectMemory {
                 uid,
@@ -167,13 +178,13 @@ impl State {
 
     fn get_mut(&mut self, rs: &RotatedSecret) -> Option<&mut ObjectMemory> {
         self.objects
-            .get_mut(&ObjectRef::from(rs))
+            .get_mut(&key(rs))
             .filter(|m| m.uid == rs.uid())
     }
 
     fn get(&self, rs: &RotatedSecret) -> Option<&ObjectMemory> {
         self.objects
-            .get(&ObjectRef::from(rs))
+            .get(&key(rs))
             .filter(|m| m.uid == rs.uid())
     }
 }
@@ -275,7 +286,7 @@ impl Memory {
     }
 
     pub fn succeeded(&self, rs: &RotatedSecret) {
-        if let Some(entry) = self.lock().objects.get_mut(&ObjectRef::from(rs)) {
+        if let Some(entry) = self.lock().objects.get_mut(&key(rs)) {
             entry.failures = 0;
         }
     }
@@ -457,7 +468,7 @@ impl Memory {
     /// it look owned to an object re-created under the same name.
     pub fn forget(&self, rs: &RotatedSecret, now: Instant) {
         let mut state = self.lock();
-        state.objects.remove(&ObjectRef::from(rs));
+        state.objects.remove(&key(rs));
         if let Some(arn) = rs.status.as_ref().and_then(|s| s.arn.clone()) {
             let blank = Observed {
                 meta: Box::new(SecretMeta {
@@ -507,7 +518,7 @@ impl Memory {
     }
 
     pub fn clear_detected(&self, rs: &RotatedSecret) {
-        if let Some(entry) = self.lock().objects.get_mut(&ObjectRef::from(rs)) {
+        if let Some(entry) = self.lock().objects.get_mut(&key(rs)) {
             entry.detected = None;
         }
     }
@@ -526,7 +537,7 @@ impl Memory {
     /// it held when watching started.
     pub fn unwatch_if_moved(&self, rs: &RotatedSecret, synced: Option<&str>) {
         let mut state = self.lock();
-        if let Some(entry) = state.objects.get_mut(&ObjectRef::from(rs))
+        if let Some(entry) = state.objects.get_mut(&key(rs))
             && entry
                 .watch
                 .as_ref()
@@ -541,7 +552,7 @@ impl Memory {
     pub fn is_watching(&self, rs: &RotatedSecret, now: Instant, wall: Timestamp) -> bool {
         {
             let mut state = self.lock();
-            if let Some(entry) = state.objects.get_mut(&ObjectRef::from(rs)) {
+            if let Some(entry) = state.objects.get_mut(&key(rs)) {
                 match entry.watch {
                     Some((_, until)) if until > now => return true,
                     Some(_) => entry.watch = None,
@@ -577,7 +588,7 @@ impl Memory {
     /// `Cleared` is returned once.
     pub fn rotation_report(&self, rs: &RotatedSecret, synced: Option<&str>) -> Option<RotationReport> {
         let mut state = self.lock();
-        let entry = state.objects.get_mut(&ObjectRef::from(rs))?;
+        let entry = state.objects.get_mut(&key(rs))?;
         match entry.rotation_report.as_ref()? {
             RotationReport::Failed(_, before) if before.as_deref() == synced => entry.rotation_report.clone(),
             _ => {
@@ -606,6 +617,33 @@ impl Memory {
         let seen = state.secrets.get(arn)?;
         let fresh = now.saturating_duration_since(seen.at) <= state.sweep.every * 2;
         (fresh && seen.meta.owner() == Some(owner)).then(|| (*seen.meta).clone())
+    }
+
+    /// Whether the sweep, rather than a timer of its own, is to trigger
+    /// the object's next check, `after` from `now`: checks further off than
+    /// a poll interval (drift, the next rotation window) can be a sweep
+    /// late. At 10,000 objects a timer each in kube-runtime's scheduler is
+    /// about 7 MB; here it is an `Instant` in an entry the object has anyway.
+    pub fn check_by_sweep(&self, rs: &RotatedSecret, now: Instant, after: Duration) -> bool {
+        let mut state = self.lock();
+        let by_sweep = after > state.sweep.every;
+        state.object(rs).due = by_sweep.then(|| now + after);
+        by_sweep
+    }
+
+    /// Whether the object's next check, left to the sweep, has come.
+    pub fn is_due(&self, rs: &RotatedSecret, now: Instant) -> bool {
+        self.lock()
+            .get_mut(rs)
+            .and_then(|m| m.due)
+            .is_some_and(|at| at <= now)
+    }
+
+    /// A reconcile runs: whatever it returns decides the next check.
+    pub fn checking(&self, rs: &RotatedSecret) {
+        if let Some(m) = self.lock().get_mut(rs) {
+            m.due = None;
+        }
     }
 
     /// When to look at an object again when nothing triggers it: at the

@@ -89,6 +89,9 @@ pub async fn sweep_loop(ctx: Arc<Context>, mut scopes: Vec<Scope>) {
             ctx.swept.send_replace(true);
             ctx.metrics
                 .sweep(ok, start.elapsed(), oldest_check(&ctx, &scopes));
+            for scope in scopes.iter_mut() {
+                trigger_due(&ctx, scope);
+            }
             // Once an interval, after the sweep's pages are dropped.
             crate::heap::release_free();
         }
@@ -295,6 +298,18 @@ fn route(ctx: &Context, scopes: &mut [Scope], prefix: &str, entry: &SecretMeta, 
             {
                 ctx.metrics.rotation_observed("sweep");
             }
+            scope.send(&rs);
+        }
+    }
+}
+
+/// Objects whose next check has come (`Memory::check_by_sweep`): drift
+/// checks and rotation windows, a sweep late at most. Whether or not the
+/// listing worked: these checks describe for themselves.
+fn trigger_due(ctx: &Context, scope: &mut Scope) {
+    let now = Instant::now();
+    for rs in scope.store.state() {
+        if ctx.memory.is_due(&rs, now) {
             scope.send(&rs);
         }
     }

@@ -63,6 +63,7 @@ pub async fn reconcile(rs: Arc<RotatedSecret>, ctx: Arc<Context>) -> Result<Acti
             }
         },
     };
+    ctx.memory.checking(&rs);
     let start = Instant::now();
     let work = async {
         if rs.metadata.deletion_timestamp.is_some() {
@@ -181,11 +182,14 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     run.save().await?;
 
     match outcome {
-        Ok(()) => Ok(Action::requeue(ctx.memory.next_check(
-            rs,
-            Instant::now(),
-            Timestamp::now(),
-        ))),
+        Ok(()) => {
+            let now = Instant::now();
+            let after = ctx.memory.next_check(rs, now, Timestamp::now());
+            Ok(match ctx.memory.check_by_sweep(rs, now, after) {
+                true => Action::await_change(),
+                false => Action::requeue(after),
+            })
+        }
         Err((_, err)) => {
             run.event(EventType::Warning, err.reason(), "Reconcile", err.to_string())
                 .await;

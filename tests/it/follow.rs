@@ -562,7 +562,7 @@ async fn auto_rolls_every_consumer_once_and_nothing_else() {
     let rs = wait_rolled(&env, "app", &v2).await;
     assert_eq!(rolled_out_names(&rs, &v2), owned(&consumers));
     let c = condition(&rs, "RolledOut").unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "RolledOut"));
+    assert_eq!((&*c.status, &*c.reason), ("True", "RolledOut"));
     assert!(c.message.contains("4 workload"), "{}", c.message);
     assert_eq!(condition(&rs, "Ready").unwrap().status, "True");
     assert_eq!(env.secret_data("app").await.unwrap()["password"], "auto-pw-2-Lm3");
@@ -676,7 +676,7 @@ async fn explicit_rolls_only_the_listed_targets_and_reports_a_missing_one() {
     let v2 = env.rotate("creds", &value("explicit-pw-2-Vb9")).await;
     let rs = wait_rolled(&env, "creds", &v2).await;
     let c = condition(&rs, "RolledOut").unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "RolloutFailed"));
+    assert_eq!((&*c.status, &*c.reason), ("False", "RolloutFailed"));
     assert!(c.message.contains("Deployment gone not found"), "{}", c.message);
     assert!(c.message.contains("the others were restarted"), "{}", c.message);
     assert_eq!(condition(&rs, "Ready").unwrap().status, "False");
@@ -729,7 +729,7 @@ async fn disabled_restarts_nothing() {
         "disabled-pw-2-Tg2"
     );
     let c = condition(&rs, "RolledOut").unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Disabled"));
+    assert_eq!((&*c.status, &*c.reason), ("True", "Disabled"));
     assert!(c.message.contains("Disabled"), "{}", c.message);
     assert_eq!(condition(&rs, "Ready").unwrap().status, "True");
     tokio::time::sleep(Duration::from_secs(3)).await;

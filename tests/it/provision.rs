@@ -386,7 +386,7 @@ async fn rotor_stopped_during_create_key_makes_no_second_key() {
         "never recorded"
     );
     assert_eq!(
-        condition(&rs, "KmsKeyReady").map(|c| c.reason.as_str()),
+        condition(&rs, "KmsKeyReady").map(|c| &*c.reason),
         Some("CreatingKey"),
         "the attempt was recorded before the call"
     );
@@ -647,7 +647,7 @@ async fn rotation_is_configured_without_rotating() {
     assert_eq!(proxy.calls().get("RotateSecret"), Some(&1));
     assert_rotation(&env.describe("rot").await, "rate(7 days)", Some("2h"));
     assert_eq!(
-        condition(&rs, "RotationConfigured").map(|c| c.reason.as_str()),
+        condition(&rs, "RotationConfigured").map(|c| &*c.reason),
         Some("Configured"),
         "{:#?}\n{}",
         rs.status,

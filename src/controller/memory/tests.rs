@@ -183,6 +183,27 @@ fn watching_ends_when_the_version_moves_or_the_window_passes() {
 }
 
 #[test]
+fn checks_further_off_than_a_sweep_are_left_to_the_sweep() {
+    let (m, t0) = (memory(), Instant::now());
+    let rs = rs();
+    m.set_poll_interval(Duration::from_secs(30));
+    // Within a sweep: a timer (the refresh interval while watching).
+    assert!(!m.check_by_sweep(&rs, t0, Duration::from_secs(30)));
+    assert!(!m.is_due(&rs, t0 + Duration::from_secs(31)));
+    // Further off: the sweep triggers it once it is due.
+    assert!(m.check_by_sweep(&rs, t0, Duration::from_secs(3600)));
+    assert!(!m.is_due(&rs, t0 + Duration::from_secs(3599)));
+    assert!(m.is_due(&rs, t0 + Duration::from_secs(3600)));
+    // Its reconcile runs: not due again until it says so.
+    m.checking(&rs);
+    assert!(!m.is_due(&rs, t0 + Duration::from_secs(7200)));
+    // Another object under the same name is not due.
+    assert!(m.check_by_sweep(&rs, t0, Duration::from_secs(60)));
+    let other = object("u2", "secretsManager: {name: a}\nrefreshInterval: 30s");
+    assert!(!m.is_due(&other, t0 + Duration::from_secs(61)));
+}
+
+#[test]
 fn the_next_check_follows_the_rotation_window() {
     let (m, t0) = (memory(), Instant::now());
     let wall: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
