@@ -302,6 +302,12 @@ fn round_rows(r: &Round, poll_target: f64, line: &mut impl FnMut(String)) -> boo
         r.name,
         ops(&r.calls, r.rotated.max(1) as f64)
     ));
+    if let Some((n, mean)) = r.sweeps {
+        line(format!(
+            "| ↳ {}: version sweeps during the round, mean length | {n} sweeps, {mean:.2} s | |",
+            r.name
+        ));
+    }
     if !r.note.is_empty() {
         line(format!("| ↳ {} | {} | |", r.name, r.note));
     }
@@ -317,6 +323,7 @@ fn round_json(r: &Round) -> Value {
         "workload_seconds": {"p50": w50, "p99": w99, "max": wmax, "samples": r.workload},
         "missing_secret": r.missing_secret, "missing_workload": r.missing_workload,
         "pod_template_changes": r.changes, "aws_calls": r.calls, "note": r.note,
+        "sweeps": r.sweeps.map(|(n, mean)| json!({"count": n, "mean_seconds": mean})),
     })
 }
 

@@ -33,6 +33,9 @@ pub struct Round {
     pub note: String,
     /// Pod-template changes per Deployment during the round (generation delta).
     pub changes: Vec<i64>,
+    /// Version sweeps that ended during the round, and their mean length in
+    /// seconds (none when rotor was restarted: its counters start over).
+    pub sweeps: Option<(f64, f64)>,
 }
 
 /// Pod-template changes over the whole run against the rounds.
@@ -236,6 +239,7 @@ impl Bench {
         ));
         self.proxy.try_reset()?;
         let before = generations(&self.admin).await?;
+        let sweeps_before = self.sweeps().await?;
 
         let start = Instant::now();
         let (driver, moves) = self.drive_rotations(&plan, &targets, start);
@@ -290,7 +294,21 @@ impl Bench {
             .map(|k| after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0))
             .collect();
         round.calls = self.proxy.try_calls()?;
+        let (count, seconds) = self.sweeps().await?;
+        let n = count - sweeps_before.0;
+        if n > 0.0 {
+            round.sweeps = Some((n, (seconds - sweeps_before.1) / n));
+        }
         Ok(round)
+    }
+
+    /// (sweeps ended, seconds they took) so far, from rotor's histogram.
+    async fn sweeps(&self) -> Res<(f64, f64)> {
+        let m = "rotor_version_sweep_duration_seconds";
+        Ok((
+            self.rotor.metric_sum(&format!("{m}_count")).await?,
+            self.rotor.metric_sum(&format!("{m}_sum")).await?,
+        ))
     }
 
     /// Latencies (or misses) of each target's new version, and the new

@@ -2,6 +2,7 @@
 //! the AWSCURRENT value, and ownership tagging.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use aws_sdk_secretsmanager::types::{
     Filter, FilterNameStringType, ReplicaRegionType, RotationRulesType, Tag,
@@ -581,13 +582,13 @@ impl Aws {
     /// AWSCURRENT versions: the version poller's sweep and the key-in-use check.
     /// `owner_prefix` narrows the sweep to one cluster's secrets (tag-value
     /// filters are prefix matches). Each page goes to `page` as it arrives:
-    /// the sweep acts on it while the next is listed, and never holds the
-    /// whole region at once.
+    /// the sweep acts on it before the next is listed, and never holds the
+    /// whole region at once; `page` says how long to wait before the next.
     pub async fn list_owned(
         &self,
         rc: &RegionClients,
         owner_prefix: Option<&str>,
-        page: impl FnMut(Vec<SecretMeta>),
+        page: impl FnMut(Vec<SecretMeta>) -> Duration,
     ) -> Result<(), AwsError> {
         let mut filters = vec![
             Filter::builder()
@@ -610,7 +611,11 @@ impl Aws {
     /// deletion: what the key-in-use check must see before a key goes.
     pub async fn list_all(&self, rc: &RegionClients) -> Result<Vec<SecretMeta>, AwsError> {
         let mut all = Vec::new();
-        self.list(rc, Vec::new(), |page| all.extend(page)).await?;
+        self.list(rc, Vec::new(), |page| {
+            all.extend(page);
+            Duration::ZERO
+        })
+        .await?;
         Ok(all)
     }
 
@@ -618,7 +623,7 @@ impl Aws {
         &self,
         rc: &RegionClients,
         filters: Vec<Filter>,
-        mut each: impl FnMut(Vec<SecretMeta>),
+        mut each: impl FnMut(Vec<SecretMeta>) -> Duration,
     ) -> Result<(), AwsError> {
         let filters = (!filters.is_empty()).then_some(filters);
         let mut token = None;
@@ -657,10 +662,13 @@ impl Aws {
                     pending_version: version_with(s.secret_versions_to_stages(), AWSPENDING),
                 });
             }
-            each(out);
+            let wait = each(out);
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
                 return Ok(());
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -177,15 +177,11 @@ impl State {
     }
 
     fn get_mut(&mut self, rs: &RotatedSecret) -> Option<&mut ObjectMemory> {
-        self.objects
-            .get_mut(&key(rs))
-            .filter(|m| m.uid == rs.uid())
+        self.objects.get_mut(&key(rs)).filter(|m| m.uid == rs.uid())
     }
 
     fn get(&self, rs: &RotatedSecret) -> Option<&ObjectMemory> {
-        self.objects
-            .get(&key(rs))
-            .filter(|m| m.uid == rs.uid())
+        self.objects.get(&key(rs)).filter(|m| m.uid == rs.uid())
     }
 }
 

@@ -178,6 +178,21 @@ impl Rotor {
             .sum::<f64>() as u64)
     }
 
+    /// Sum of the samples of a counter or histogram series (`name` exactly,
+    /// e.g. `rotor_version_sweep_duration_seconds_sum`), over its labels.
+    pub async fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        Ok(self
+            .try_metrics()
+            .await?
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// (VmRSS, VmHWM) in KiB.
     pub fn memory(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
