@@ -7,7 +7,7 @@ use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::Value;
 
-use crate::api::{GeneratedValue, InitialValue};
+use crate::api::{CompactJson, GeneratedValue, InitialValue};
 use crate::redact::Sensitive;
 
 const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
@@ -21,10 +21,10 @@ pub fn render(init: &InitialValue) -> Result<Option<Sensitive<String>>, String> 
     if let Some(s) = &init.string {
         return Ok(Some(Sensitive(s.clone())));
     }
-    let mut object = match &init.template {
+    let mut object = match init.template.as_ref().map(CompactJson::value) {
         None if init.generate.is_empty() => return Ok(None),
         None => serde_json::Map::new(),
-        Some(Value::Object(map)) => map.clone(),
+        Some(Value::Object(map)) => map,
         Some(_) => return Err("secretsManager.initialValue.template must be a JSON object".to_owned()),
     };
     for g in &init.generate {

@@ -106,11 +106,11 @@ fn check_initial_value(sm: &SecretsManagerSpec, problems: &mut Vec<String>) {
                 problems.push(e);
             }
         }
-        if init.template.as_ref().is_some_and(|t| !t.is_object()) {
+        if init.template.as_ref().is_some_and(|t| !t.value().is_object()) {
             problems.push("secretsManager.initialValue.template must be a JSON object".to_owned());
         }
-        let size = init.string.as_ref().map_or(0, String::len)
-            + init.template.as_ref().map_or(0, |t| t.to_string().len());
+        let size =
+            init.string.as_ref().map_or(0, String::len) + init.template.as_ref().map_or(0, |t| t.len());
         if size > MAX_SECRET_STRING {
             problems.push(format!(
                 "secretsManager.initialValue is {size} bytes; Secrets Manager takes at most {MAX_SECRET_STRING}"

@@ -10,6 +10,7 @@
 //! `nextRotationDate` is compared), so it is tested with no clock.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,8 @@ struct ObjectMemory {
     rotation_report: Option<RotationReport>,
     /// When the sweep is to trigger the next check (`check_by_sweep`).
     due: Option<Instant>,
+    /// What of the object a change of triggers a reconcile (`wants_reconcile`).
+    seen: Option<u64>,
 }
 
 /// One secret as last seen.
@@ -300,6 +303,19 @@ impl Memory {
     pub fn last_status(&self, rs: &RotatedSecret) -> Option<RotatedSecretStatus> {
         let mut state = self.lock();
         forget_shown_status(&mut state, rs)?.status.as_deref().cloned()
+    }
+
+    /// Whether the watch shows something a reconcile must act on: a new
+    /// object, or a change of its spec (generation), rotor's annotations
+    /// (the cache keeps no others) or finalizers; not a status-only update
+    /// (rotor's own writes). kube-runtime's `predicate_filter` does the same
+    /// with a map of its own, about 0.3 KB an object.
+    pub fn wants_reconcile(&self, rs: &RotatedSecret) -> bool {
+        let mut hasher = DefaultHasher::new();
+        let meta = &rs.metadata;
+        (meta.generation, &meta.annotations, &meta.finalizers).hash(&mut hasher);
+        let seen = Some(hasher.finish());
+        std::mem::replace(&mut self.lock().object(rs).seen, seen) != seen
     }
 
     /// The watch delivered `rs`: a written status it shows is forgotten, so

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, field, info, info_span, warn};
@@ -237,9 +237,11 @@ fn scope_controller(
     let listed = Arc::new(AtomicBool::new(false));
     let listed_flag = listed.clone();
     let watched = ctx.clone();
+    let filter = ctx.clone();
     let (reader, writer) = reflector::store();
     // Status-only updates (rotor's own writes) do not trigger a reconcile;
-    // spec, annotation (rotate-now) and finalizer changes do.
+    // spec, annotation (rotate-now) and finalizer changes do
+    // (`Memory::wants_reconcile`).
     let objects = watcher(rs_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(slim)
@@ -252,12 +254,7 @@ fn scope_controller(
             _ => {}
         })
         .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::annotations)
-                .combine(predicates::finalizers),
-            PredicateConfig::default(),
-        );
+        .filter(move |r| future::ready(r.as_ref().map_or(true, |rs| filter.memory.wants_reconcile(rs))));
     let objects = retried_in_place(objects, "RotatedSecrets");
     let (trigger, triggered) = futures::channel::mpsc::channel(4096);
     let controller = Controller::for_stream(objects, reader)

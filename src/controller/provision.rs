@@ -111,7 +111,7 @@ pub async fn ensure_key(run: &mut Run<'_>) -> Result<Option<KeyInfo>> {
             conditions::KMS_KEY_READY,
             true,
             "AwsManagedKey",
-            "the secret uses the AWS-managed key",
+            conditions::message::AWS_MANAGED_KEY,
         );
         return Ok(None);
     };
@@ -714,9 +714,9 @@ async fn without_rotation(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
         .await;
     }
     let msg = if desc.rotation_enabled {
-        "rotation is enabled in AWS but not managed by this object"
+        conditions::message::ROTATION_NOT_MANAGED
     } else {
-        "rotation is not configured"
+        conditions::message::ROTATION_NOT_CONFIGURED
     };
     run.set(conditions::ROTATION_CONFIGURED, true, "NotConfigured", msg);
     Ok(())
@@ -882,7 +882,7 @@ pub async fn rotate_now(run: &mut Run<'_>, desc: &SecretMeta) -> Result<()> {
         .rotate_now(&rc, &desc.arn, &request_token(rs, &format!("rotate-now:{token}")))
         .await?;
     run.status.rotate_now_token = Some(token.clone());
-    run.status.rotate_now_time = Some(Timestamp::now().to_string());
+    run.status.rotate_now_time = Some(super::status::stamp(Timestamp::now()));
     run.save().await?;
     info!(token, "rotation requested");
     run.event(

@@ -155,12 +155,7 @@ async fn apply(rs: &RotatedSecret, ctx: &Context) -> Result<Action> {
     let mut run = Run::new(rs, ctx);
     let outcome = stages(&mut run).await;
     let ready = match &outcome {
-        Ok(()) => Condition::new(
-            conditions::READY,
-            true,
-            "Ready",
-            "AWS secret converged and Secret in sync",
-        ),
+        Ok(()) => Condition::new(conditions::READY, true, "Ready", conditions::message::CONVERGED),
         Err((stage, err)) => {
             run.set(stage.condition(), false, err.reason(), err.to_string());
             Condition::new(conditions::READY, false, err.reason(), err.to_string())

@@ -39,12 +39,12 @@ impl<'a> Run<'a> {
             ctx,
             saved: status.clone(),
             status,
-            now: Timestamp::now().to_string(),
+            now: stamp(Timestamp::now()),
             finalizer: false,
         }
     }
 
-    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<conditions::Text>) {
         conditions::upsert(
             &mut self.status.conditions,
             Condition::new(type_, ok, reason, message),
@@ -110,9 +110,16 @@ impl<'a> Run<'a> {
         let drift = self.ctx.memory.policy.drift_interval.as_secs() as i64;
         let old = recorded.is_none_or(|t| seen.wall.as_second() - t.as_second() >= drift);
         if old || self.changed() {
-            self.status.last_check_time = Some(seen.wall.to_string());
+            self.status.last_check_time = Some(stamp(seen.wall));
         }
     }
+}
+
+/// A status time, to the second as Kubernetes writes its own (`metav1.Time`):
+/// the nanoseconds told nobody anything, and made each of the eight or so
+/// times an object's status holds a size class bigger in every cache.
+pub fn stamp(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 /// Replaces the finalizer list, guarded by resourceVersion so a concurrent

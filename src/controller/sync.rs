@@ -249,7 +249,7 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
             conditions::ROLLED_OUT,
             true,
             "Disabled",
-            "rollout.mode is Disabled: no workload is restarted",
+            conditions::message::ROLLOUT_DISABLED,
         );
         ctx.memory.clear_detected(rs);
         return Ok(());
@@ -295,9 +295,9 @@ pub async fn rollout(run: &mut Run<'_>, written: &Written) -> Result<()> {
     }
     if problems.is_empty() {
         ctx.memory.clear_detected(rs);
-        let msg = match targets.len() {
-            0 => "no workload in the namespace uses the Secret".to_owned(),
-            n => format!("{n} workload(s) run version {version}"),
+        let msg: conditions::Text = match targets.len() {
+            0 => conditions::message::NO_CONSUMERS.into(),
+            n => format!("{n} workload(s) run version {version}").into(),
         };
         run.set(conditions::ROLLED_OUT, true, "RolledOut", msg);
         return Ok(());

@@ -183,6 +183,28 @@ fn watching_ends_when_the_version_moves_or_the_window_passes() {
 }
 
 #[test]
+fn only_spec_annotation_and_finalizer_changes_want_a_reconcile() {
+    let m = memory();
+    let mut rs = rs();
+    assert!(m.wants_reconcile(&rs), "a new object");
+    assert!(!m.wants_reconcile(&rs), "seen as it is");
+    rs.status.as_mut().unwrap().synced_version_id = Some("v2".into());
+    assert!(
+        !m.wants_reconcile(&rs),
+        "a status-only update (rotor's own write)"
+    );
+    rs.metadata.generation = Some(2);
+    assert!(m.wants_reconcile(&rs), "a spec change");
+    rs.metadata.annotations = Some([("rotor.dev/rotate-now".to_owned(), "1".to_owned())].into());
+    assert!(m.wants_reconcile(&rs), "rotate-now");
+    rs.metadata.finalizers = Some(vec!["rotor.dev/cleanup".into()]);
+    assert!(m.wants_reconcile(&rs), "a finalizer");
+    assert!(!m.wants_reconcile(&rs));
+    let other = object("u2", "secretsManager: {name: a}\nrefreshInterval: 30s");
+    assert!(m.wants_reconcile(&other), "another object under the same name");
+}
+
+#[test]
 fn checks_further_off_than_a_sweep_are_left_to_the_sweep() {
     let (m, t0) = (memory(), Instant::now());
     let rs = rs();
