@@ -169,13 +169,7 @@ impl Rotor {
 
     /// Sum of `rotor_reconciles_total` over outcomes.
     pub async fn reconciles(&self) -> Result<u64, String> {
-        Ok(self
-            .try_metrics()
-            .await?
-            .lines()
-            .filter(|l| l.starts_with("rotor_reconciles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64)
+        Ok(self.metric_sum("rotor_reconciles_total").await? as u64)
     }
 
     /// Sum of the samples of a counter or histogram series (`name` exactly,
